@@ -1,0 +1,107 @@
+"""Every error mlbuild raises on purpose, and the exit code the CLI gives each class.
+
+The tree (catch a parent to catch its children)::
+
+    MlbuildError                 exit 1   anything mlbuild reports on purpose
+    ├── ConfigError              exit 2   the model directory or its config is wrong
+    │   └── EntrypointError      exit 2   predict.py / the entrypoint is missing or wrong
+    ├── LockError                exit 3   the environment could not be locked
+    │   ├── ResolutionError      exit 3   the resolver found no solution
+    │   └── StaleLockError       exit 3   mlbuild.lock no longer matches the requirements
+    ├── FetchError               exit 4   wheels could not be fetched / installed for the target
+    │   └── NoWheelError         exit 4   a package needs compiling and has no wheel for the target
+    ├── BuildError               exit 5   the image build failed
+    │   └── EngineUnavailableError exit 6 no Docker engine answers
+    ├── RunError                 exit 7   a built image did not start or become ready
+    └── PublishError             exit 8   writing or pushing the image failed
+
+Each error's ``str()`` is one line saying what failed and where; ``hint`` says what to do.
+The CLI prints ``error: <message>`` then ``hint: <hint>`` and exits with ``exit_code``;
+it never prints a traceback for these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MlbuildError",
+    "ConfigError",
+    "EntrypointError",
+    "LockError",
+    "ResolutionError",
+    "StaleLockError",
+    "FetchError",
+    "NoWheelError",
+    "BuildError",
+    "EngineUnavailableError",
+    "RunError",
+    "PublishError",
+]
+
+
+class MlbuildError(Exception):
+    """Base of every error mlbuild reports on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, details: str | None = None) -> None:
+        # The first line must stand alone: it is what a user sees in CI logs.
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details  # longer text (resolver output, build log tail), shown after the hint
+
+    def __str__(self) -> str:
+        return self.message
+
+    def render(self) -> str:
+        """The full text the CLI prints: message, hint, details."""
+        lines = [f"error: {self.message}"]
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        if self.details:
+            lines.append(self.details.rstrip())
+        return "\n".join(lines)
+
+
+class ConfigError(MlbuildError):
+    exit_code = 2
+
+
+class EntrypointError(ConfigError):
+    pass
+
+
+class LockError(MlbuildError):
+    exit_code = 3
+
+
+class ResolutionError(LockError):
+    pass
+
+
+class StaleLockError(LockError):
+    pass
+
+
+class FetchError(MlbuildError):
+    exit_code = 4
+
+
+class NoWheelError(FetchError):
+    pass
+
+
+class BuildError(MlbuildError):
+    exit_code = 5
+
+
+class EngineUnavailableError(BuildError):
+    exit_code = 6
+
+
+class RunError(MlbuildError):
+    exit_code = 7
+
+
+class PublishError(MlbuildError):
+    exit_code = 8
