@@ -14,7 +14,12 @@ Message kinds (W = worker, S = server):
 kind       dir   payload
 =========  ====  ====================================================================
 HELLO      W→S   JSON: {"protocol": 1, "pid", "python", "entrypoint", "input_schema",
-                 "output_schema"} - sent after importing the entrypoint, before load()
+                 "output_schema"} - sent after importing the entrypoint, before load();
+                 also "executable", "kind" ("class"|"function"), "async" (bool).
+                 "python" is the version ("3.11.7"); "entrypoint" is "module:attr".
+                 The schemas are self-contained JSON Schema documents ({} = any JSON);
+                 named types are inlined, only recursive ones stay as "#/$defs/Name"
+                 refs with "$defs" at the schema's root
 READY      W→S   JSON: {"load_seconds": float} - load() returned; worker takes requests
 FATAL      W→S   JSON: {"phase": "import"|"load", "error_type", "message", "traceback"}
                  - the worker exits right after sending it
