@@ -1,0 +1,503 @@
+"""ModelSpec: everything the builder needs to know about one model directory, parsed once.
+
+Where the configuration comes from (first found wins)::
+
+    <model>/mlbuild.toml                 the whole file is the mlbuild table
+    <model>/pyproject.toml [tool.mlbuild]
+    nothing                              every value inferred
+
+Keys (all optional)::
+
+    name            image name; default: the directory name lowered, other chars -> "-"
+    version         image tag, default "0.1.0"
+    entrypoint      "module:attr"; default: predict:Model if predict.py has class Model,
+                    else predict:predict (checked by reading the source, never importing it)
+    python          "3.10" .. "3.13"; default: the running interpreter's major.minor
+    requirements    path (relative to the model dir) of a requirements file or pyproject.toml
+    base_image      default python:<python>-slim
+    system_packages Debian packages to apt-get install, e.g. ["libgomp1"]
+    port            default 8080
+    include/exclude glob lists applied on top of the default file selection (see _files.py)
+    [env]           environment variables baked into the image
+    [labels]        image labels
+
+Requirements, unless ``requirements`` names a file: requirements.txt if present, else
+``[project].dependencies`` of pyproject.toml, else none. Requirement files may use ``-r other.txt``;
+index options (``--index-url`` ...) are refused so that no host name ends up in the lock or the
+image: set ``UV_INDEX_URL`` / ``UV_EXTRA_INDEX_URL`` (or pip's variables) in the environment.
+
+Precedence, highest first: an explicit override (``SpecOverrides``, from the CLI or the API) >
+the config file > the inferred default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._entrypoint import find_entrypoint
+from ._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ModelSpec",
+    "RequirementsSource",
+    "SpecOverrides",
+    "load_spec",
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "SUPPORTED_PYTHONS",
+]
+
+CONFIG_FILE = "mlbuild.toml"
+PYPROJECT = "pyproject.toml"
+LOCK_FILE = "mlbuild.lock"
+# The server env's lock (mlbuild/_data/server.lock) covers exactly these.
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+
+# Docker reference grammar: path components of lowercase alnum separated by ., _, __ or -s.
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DEBIAN_PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+# What each key accepts, for error messages ("bad values name file + key + what is allowed").
+_ALLOWED: dict[str, str] = {
+    "name": "a lowercase image name: letters, digits and . _ - (and / between parts)",
+    "version": "an image tag: letters, digits, _ . - (at most 128, not starting with . or -)",
+    "entrypoint": "a string 'module:attr', e.g. 'predict:Model'",
+    "python": "one of " + ", ".join(repr(p) for p in SUPPORTED_PYTHONS) + " (a string)",
+    "requirements": "a path relative to the model directory, as a string",
+    "base_image": "an image reference string, e.g. 'python:3.11-slim'",
+    "system_packages": "a list of Debian package names, e.g. ['libgomp1']",
+    "env": "a table of NAME = \"value\" strings (NAME: letters, digits, _)",
+    "labels": "a table of \"key\" = \"value\" strings",
+    "include": "a list of glob strings, e.g. ['artifacts/**']",
+    "exclude": "a list of glob strings, e.g. ['data/raw/**']",
+    "port": "an integer from 1 to 65535",
+}
+
+
+def _sanitize_name(text: str) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
+    name = re.sub(r"[._-]{2,}", "-", name).strip("._-")
+    return name[:128] or "model"
+
+
+def _default_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class RequirementsSource(BaseModel):
+    """Where the model's requirements came from and the normalized requirement lines.
+
+    ``requirements`` is sorted and de-duplicated, each line in packaging's canonical form, so
+    reordering or reformatting the file does not make the lock stale."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["requirements.txt", "pyproject", "none"]
+    path: Path | None = None
+    requirements: tuple[str, ...] = ()
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the normalized lines: what mlbuild.lock's requirements-sha256 records."""
+        text = "".join(line + "\n" for line in self.requirements)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class SpecOverrides(BaseModel):
+    """Values given on the command line or through the API; they beat the config file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    python: str | None = None
+    base_image: str | None = None
+    name: str | None = None
+    version: str | None = None
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    directory: Path
+    config_file: Path | None = None
+    name: str
+    version: str = "0.1.0"
+    entrypoint: str
+    python: str = Field(default_factory=_default_python)
+    requirements: RequirementsSource = RequirementsSource(kind="none")
+    base_image: str | None = None
+    system_packages: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if len(v) > 255 or not _NAME_RE.match(v):
+            raise ValueError("expected " + _ALLOWED["name"])
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not _TAG_RE.match(v):
+            raise ValueError("expected " + _ALLOWED["version"])
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        if v not in SUPPORTED_PYTHONS:
+            raise ValueError("expected " + _ALLOWED["python"])
+        return v
+
+    @field_validator("base_image")
+    @classmethod
+    def _base_image(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(c.isspace() for c in v)):
+            raise ValueError("expected " + _ALLOWED["base_image"])
+        return v
+
+    @field_validator("system_packages")
+    @classmethod
+    def _system_packages(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pkg in v:
+            if not _DEBIAN_PKG_RE.match(pkg):
+                raise ValueError(f"{pkg!r} is not a Debian package name; expected {_ALLOWED['system_packages']}")
+        return tuple(sorted(set(v)))
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for key, _ in v:
+            if not _ENV_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name (letters, digits, _)")
+        return tuple(sorted(v))
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for key, _ in v:
+            if not _LABEL_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid label key")
+        return tuple(sorted(v))
+
+    @property
+    def resolved_base_image(self) -> str:
+        return self.base_image or f"python:{self.python}-slim"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / LOCK_FILE
+
+    @property
+    def entrypoint_module(self) -> str:
+        return self.entrypoint.split(":", 1)[0]
+
+    @property
+    def entrypoint_attr(self) -> str:
+        return self.entrypoint.split(":", 1)[1]
+
+
+# ---------------------------------------------------------------------------- config file
+
+class _ConfigTable(BaseModel):
+    """The raw [tool.mlbuild] / mlbuild.toml table, strictly typed (TOML has real types, so a
+    port written as "8080" is a mistake worth reporting)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: str | None = None
+    version: str | None = None
+    entrypoint: str | None = None
+    python: str | None = None
+    requirements: str | None = None
+    base_image: str | None = None
+    system_packages: list[str] | None = None
+    env: dict[str, str] | None = None
+    labels: dict[str, str] | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    port: int | None = None
+
+
+def _type_name(value: Any) -> str:
+    return {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8", hint="save the file as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib says "... (at line L, column C)"; put the line up front, compiler-style.
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if m is None and "(at end of document)" in msg:
+            # e.g. an unterminated table header on the last line: point at the last line.
+            m = re.search(r"\(at end of document\)", msg)
+            last_line = max(1, len(data.splitlines()))
+            where = f"{path}:{last_line}"
+            raise ConfigError(
+                f"{where}: TOML syntax error: {msg[: m.start()].strip()} (at end of file)",
+                hint="fix the TOML syntax (https://toml.io); strings need quotes, tables [brackets]",
+            ) from None
+        where = f"{path}:{m.group(1)}" if m else str(path)
+        what = msg[: m.start()].strip() if m else msg
+        col = f" (column {m.group(2)})" if m else ""
+        raise ConfigError(
+            f"{where}: TOML syntax error: {what}{col}",
+            hint="fix the TOML syntax (https://toml.io); strings need quotes, tables [brackets]",
+        ) from None
+
+
+def _validate_table(raw: Mapping[str, Any], where: str) -> _ConfigTable:
+    known = list(_ConfigTable.model_fields)
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            suggestion = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{suggestion}",
+                hint="known keys: " + ", ".join(known),
+            )
+    try:
+        return _ConfigTable.model_validate(dict(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0])
+        sub = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in err["loc"][1:])
+        value = raw.get(key)
+        raise ConfigError(
+            f"{where}: bad value for {key!r}{sub}: got {_type_name(value)} {value!r}; "
+            f"expected {_ALLOWED.get(key, err['msg'])}",
+            hint=f"set {key} to {_ALLOWED.get(key, 'a valid value')}",
+        ) from None
+
+
+# ---------------------------------------------------------------------------- requirements
+
+_INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--trusted-host",
+                  "--no-index")
+
+
+def _normalize_requirement(text: str, where: str) -> str:
+    try:
+        return str(Requirement(text))
+    except InvalidRequirement as exc:
+        # packaging's message has a caret diagram on later lines: keep the first line up front.
+        first, _, rest = str(exc).partition("\n")
+        raise ConfigError(
+            f"{where}: not a valid requirement {text!r}: {first}",
+            details=rest.strip("\n") or None,
+            hint="write requirements as on PyPI, e.g. 'numpy>=1.26' or 'pkg @ https://...whl'; "
+            "local paths and editables (-e) are not supported",
+        ) from None
+
+
+def _read_requirements_file(path: Path, seen: frozenset[Path] = frozenset()) -> list[str]:
+    if path in seen:
+        return []
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"requirements file {path} not found", hint="create it or fix the path") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read requirements file {path}: {exc.strerror}",
+            hint="check that it is a readable file",
+        ) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: requirements file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
+            hint="save the requirements file as UTF-8 text",
+        ) from None
+
+    out: list[str] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not pending:
+            start = number
+        line = raw.rstrip()
+        if line.endswith("\\"):  # pip's line continuation
+            pending += line[:-1] + " "
+            continue
+        line = re.sub(r"(^|\s)#.*$", "", pending + line).strip()
+        pending = ""
+        if not line:
+            continue
+        where = f"{path}:{start}"
+        if line.startswith("-"):
+            opt, _, arg = line.partition(" ")
+            opt, eq, arg2 = opt.partition("=")
+            arg = (arg2 if eq else arg).strip()
+            if opt in ("-r", "--requirement"):
+                out += _read_requirements_file((path.parent / arg).resolve(), seen | {path})
+                continue
+            if opt in _INDEX_OPTIONS:
+                raise ConfigError(
+                    f"{where}: index option {opt!r} is not allowed in the requirements file",
+                    hint="set UV_INDEX_URL / UV_EXTRA_INDEX_URL in the environment instead, so that "
+                    "no host name is written into the lock or the image",
+                )
+            raise ConfigError(
+                f"{where}: option {opt!r} is not supported in requirements",
+                hint="list plain requirements (name, version specifiers, markers, or name @ URL)",
+            )
+        out.append(_normalize_requirement(line, where))
+    return out
+
+
+def _requirements_source(
+    directory: Path, configured: str | None, where: str, pyproject: dict[str, Any] | None
+) -> RequirementsSource:
+    if configured is not None:
+        path = (directory / configured).resolve()
+        if not path.is_file():
+            raise ConfigError(
+                f"{where}: requirements file {configured!r} not found in {directory}",
+                hint="fix the path (it is relative to the model directory) or remove the key",
+            )
+        if path.name == PYPROJECT:
+            return _pyproject_requirements(path, _read_toml(path))
+        return RequirementsSource(
+            kind="requirements.txt", path=path, requirements=_unique(_read_requirements_file(path))
+        )
+    txt = directory / "requirements.txt"
+    if txt.exists():
+        return RequirementsSource(
+            kind="requirements.txt", path=txt, requirements=_unique(_read_requirements_file(txt))
+        )
+    if pyproject is not None and "dependencies" in pyproject.get("project", {}):
+        return _pyproject_requirements(directory / PYPROJECT, pyproject)
+    return RequirementsSource(kind="none")
+
+
+def _pyproject_requirements(path: Path, data: dict[str, Any]) -> RequirementsSource:
+    deps = data.get("project", {}).get("dependencies", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise ConfigError(
+            f"{path}: bad value for 'project.dependencies': expected a list of requirement strings",
+            hint="write dependencies = [\"numpy>=1.26\", ...] under [project]",
+        )
+    reqs = [_normalize_requirement(d, f"{path}: project.dependencies[{i}]") for i, d in enumerate(deps)]
+    return RequirementsSource(kind="pyproject", path=path, requirements=_unique(reqs))
+
+
+def _unique(lines: list[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(lines)))
+
+
+# ---------------------------------------------------------------------------- load_spec
+
+def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) -> ModelSpec:
+    """Read and check the model directory; return its frozen spec or raise a ConfigError."""
+    overrides = overrides or SpecOverrides()
+    directory = Path(directory).expanduser().absolute()
+    if not directory.exists():
+        raise ConfigError(
+            f"model directory {directory} does not exist", hint="pass the path of a directory with predict.py"
+        )
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory", hint="pass the model directory, not a file")
+    directory = directory.resolve()
+
+    config_file: Path | None = None
+    where = "defaults"
+    raw: dict[str, Any] = {}
+    pyproject_path = directory / PYPROJECT
+    pyproject = _read_toml(pyproject_path) if pyproject_path.is_file() else None
+    if (directory / CONFIG_FILE).is_file():
+        config_file = directory / CONFIG_FILE
+        raw = _read_toml(config_file)
+        where = str(config_file)
+    elif pyproject is not None and "mlbuild" in pyproject.get("tool", {}):
+        config_file = pyproject_path
+        raw = pyproject["tool"]["mlbuild"]
+        where = f"{pyproject_path} [tool.mlbuild]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{pyproject_path}: [tool.mlbuild] must be a table")
+    table = _validate_table(raw, where)
+
+    requirements = _requirements_source(directory, table.requirements, where, pyproject)
+    ep_source = f"{where}: key 'entrypoint'" if table.entrypoint is not None else "default entrypoint"
+    entrypoint = find_entrypoint(directory, table.entrypoint, source=ep_source)
+
+    # Explicit override > config file > inferred default. Track where each value came from so a
+    # bad value is reported against the place the user wrote it.
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key in ("name", "version", "python", "base_image"):
+        over = getattr(overrides, key)
+        if over is not None:
+            values[key], origin[key] = over, f"override {key}={over!r}"
+        elif getattr(table, key) is not None:
+            values[key], origin[key] = getattr(table, key), f"{where}: key {key!r}"
+    if "python" not in values:
+        values["python"], origin["python"] = _default_python(), "default python (this interpreter's version)"
+    values.setdefault("name", _sanitize_name(directory.name))
+    origin.setdefault("name", f"name derived from directory {directory.name!r}")
+    if table.port is not None:
+        values["port"], origin["port"] = table.port, f"{where}: key 'port'"
+    for key in ("system_packages", "include", "exclude"):
+        if getattr(table, key) is not None:
+            values[key], origin[key] = tuple(getattr(table, key)), f"{where}: key {key!r}"
+    for key in ("env", "labels"):
+        if getattr(table, key) is not None:
+            values[key], origin[key] = tuple(getattr(table, key).items()), f"{where}: table [{key}]"
+
+    try:
+        return ModelSpec(
+            directory=directory,
+            config_file=config_file,
+            entrypoint=str(entrypoint),
+            requirements=requirements,
+            **values,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0])
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
+        raise ConfigError(
+            f"{origin.get(key, key)}: bad value{shown}: {msg}",
+            hint=f"{key} must be {_ALLOWED.get(key, 'valid')}",
+        ) from None
