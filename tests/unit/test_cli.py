@@ -1,0 +1,108 @@
+"""The CLI is a thin layer: --help everywhere, clear one-line errors with the class's exit
+code, and real runs of the commands that need no Docker engine."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlbuild._cli import main_inner
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECTS = REPO / "tests" / "fixtures" / "projects"
+MODELS = REPO / "tests" / "fixtures" / "models"
+COMMANDS = ["init", "lock", "dockerfile", "image", "serve", "predict", "run"]
+
+
+def mlbuild(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlbuild._cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    out = mlbuild(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"Usage: mlbuild {command}")
+
+
+def test_version():
+    from mlbuild import __version__
+
+    out = mlbuild("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"mlbuild, version {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("project", "command", "code", "words"),
+    [
+        ("unknown-key", "dockerfile", 2, ["mlbuild.toml", "entrypiont", "did you mean 'entrypoint'"]),
+        ("missing-predict", "lock", 2, ["predict.py"]),
+        ("toml-syntax-error", "image", 2, ["mlbuild.toml:3:", "TOML syntax error"]),
+        ("missing-entrypoint-attr", "dockerfile", 2, ["predict"]),
+        ("stale-lock", "image", 3, ["mlbuild.lock", "mlbuild lock"]),
+    ],
+)
+def test_bad_model_directories_fail_with_one_clear_line_and_the_class_exit_code(project, command, code, words):
+    args = [command, str(PROJECTS / project)]
+    if command == "image":
+        args += ["--backend", "docker", "--base", "mlbuild-test/python:3.11-bookworm"]
+    out = mlbuild(*args)
+    assert out.returncode == code, (out.returncode, out.stderr)
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("error: ")
+    for word in words:
+        assert word in out.stderr, (word, out.stderr)
+    assert "Traceback" not in out.stderr
+    assert "hint: " in out.stderr
+
+
+def test_main_inner_raises_instead_of_printing():
+    from mlbuild import ConfigError
+
+    with pytest.raises(ConfigError):
+        main_inner(["dockerfile", str(PROJECTS / "unknown-key")])
+
+
+def test_usage_error_exit_code_is_click_s():
+    out = mlbuild("image")  # missing DIRECTORY
+    assert out.returncode == 2
+    assert "Missing argument" in out.stderr
+
+
+def test_init_then_predict_from_the_directory(tmp_path):
+    target = tmp_path / "my model"
+    out = mlbuild("init", str(target))
+    assert out.returncode == 0, out.stderr
+    assert (target / "predict.py").exists() and (target / "mlbuild.toml").exists()
+    pred = mlbuild("predict", str(target), "--input", '"World"')
+    assert pred.returncode == 0, pred.stderr
+    assert json.loads(pred.stdout) == "Hello, World!"
+    # init never overwrites
+    again = mlbuild("init", str(target))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_predict_directory_validates_input_against_the_hints():
+    good = mlbuild("predict", str(MODELS / "echo"), "--input", '{"a": [1, 2]}')
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout) == {"a": [1, 2]}
+    bad = mlbuild("predict", str(MODELS / "echo"), "--input", "[1, 2]")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: invalid input")
+
+
+def test_predict_with_input_that_is_not_json():
+    out = mlbuild("predict", str(MODELS / "echo"), "--input", "{nope")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: --input is not valid JSON")
+
+
+def test_predict_reports_a_failing_load():
+    out = mlbuild("predict", str(MODELS / "load_raises"), "--input", "1")
+    assert out.returncode == 7
+    assert "load failed" in out.stderr.splitlines()[-2] or "load failed" in out.stderr
