@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,11 +92,15 @@ def serve(directory: Path, *, host=None, port=None, workers=None, isolated: bool
 
         env["MLBUILD_LOCK_DIGEST"] = "sha256:" + hashlib.sha256(lock_file.read_bytes()).hexdigest()
     proc = subprocess.Popen(argv, env=env)
+    # Pass SIGTERM/SIGINT on to the server so that it drains in-flight requests and exits 0
+    # (an orchestrator or Ctrl-C stopping `mlbuild serve` means "stop the server gracefully").
+    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def predict_once(target: str, input_json: str, *, isolated: bool = False) -> str:
