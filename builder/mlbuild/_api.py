@@ -46,6 +46,18 @@ def choose_backend(requested: str, *, wants_oci_output: bool, progress: Progress
     return "oci"
 
 
+def _refuse_python_mismatch_of_saved_model(directory: Path, python: str | None) -> None:
+    """A directory written by mlbuild.save holds a pickle that only loads on the Python minor
+    version that made it: refuse another target before anything is built."""
+    if not (directory / "artifacts" / "payload.json").is_file():
+        return
+    from ._save import check_payload_python
+    from ._spec import SpecOverrides, load_spec
+
+    spec = load_spec(directory, overrides=SpecOverrides(python=python) if python else None)
+    check_payload_python(directory, spec.python)
+
+
 def build_image(
     model: Any,
     *,
@@ -73,7 +85,9 @@ def build_image(
         return save_and_build(
             model, tag=tag, base_image=base_image, platform=platform, python=python,
             backend=backend, output=output, push=push, load=load, quiet=quiet, progress=progress,
+            runner=runner,
         )
+    _refuse_python_mismatch_of_saved_model(Path(model), python)
     chosen = choose_backend(backend, wants_oci_output=bool(output or push), progress=progress)
     if chosen == "docker":
         from ._image import build_image as docker_build

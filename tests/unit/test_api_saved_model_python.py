@@ -1,0 +1,24 @@
+"""A saved (pickled) model only loads on the Python minor version that pickled it: the build
+refuses another target before doing anything."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import mlbuild
+
+SAVED = Path(__file__).resolve().parents[2] / "examples" / "notebook-pipeline" / "model"
+
+
+@pytest.mark.parametrize("backend", ["docker", "oci"])
+def test_build_refuses_a_python_other_than_the_payloads(tmp_path, backend):
+    model = tmp_path / "model"
+    shutil.copytree(SAVED, model)
+    before = sorted(p.name for p in model.rglob("*"))
+    with pytest.raises(mlbuild.ConfigError) as info:
+        mlbuild.build_image(model, python="3.12", backend=backend, output=tmp_path / "out.tar")
+    message = str(info.value)
+    assert "model.pkl was pickled by Python 3.11" in message and "3.12" in message and "3.11" in message
+    assert sorted(p.name for p in model.rglob("*")) == before  # nothing written, no lock refreshed
+    assert not (tmp_path / "out.tar").exists()
