@@ -1,0 +1,256 @@
+"""Render the Dockerfile from templates/Dockerfile.j2 (Jinja2).
+
+A model may bring its own ``Dockerfile.j2`` in its directory. It is rendered with the same
+loader, so ``{% extends "Dockerfile.j2" %}`` in it names mlbuild's template and it overrides the
+blocks it needs (see templates/README.md). Variables are computed here once, from the frozen
+spec and lock; templates never see raw config.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from . import __version__
+from ._errors import BuildError, ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._lock import Lock
+    from ._spec import ModelSpec
+
+__all__ = [
+    "ContextLayout",
+    "IMAGE_PATHS",
+    "MODEL_TEMPLATE_NAME",
+    "created_timestamp",
+    "dockerfile_for",
+    "model_template_path",
+    "render_dockerfile",
+    "render_dockerignore",
+    "source_date_epoch",
+    "templates_dir",
+]
+
+# The model directory may hold this file: a template that extends ours.
+MODEL_TEMPLATE_NAME = "Dockerfile.j2"
+
+# Where things live inside the image (docs/internals.md, "Image layout").
+IMAGE_PATHS = {
+    "server_env_path": "/opt/mlbuild/server-env",
+    "model_env_path": "/opt/mlbuild/model-env",
+    "runtime_path": "/opt/mlbuild/runtime",
+    "model_dir_path": "/opt/mlbuild/model",
+}
+UID = 10001
+# Used when SOURCE_DATE_EPOCH is not set, so that two builds of the same inputs agree.
+FIXED_EPOCH = 0
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """What the build context holds, as far as the Dockerfile needs to know.
+
+    ``stage``: "full" (one Dockerfile, every layer), "env" (base .. model env only: the cached
+    env image) or "app" (FROM ``env_image``, runtime .. config).
+    """
+
+    has_artifacts: bool = False
+    stage: str = "full"
+    env_image: str | None = None
+    source: str | None = None  # org.opencontainers.image.source, when known
+    revision: str | None = None  # org.opencontainers.image.revision, when known
+    base_image: str | None = None  # overrides spec.resolved_base_image
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more variables for model templates
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("full", "env", "app"):
+            raise ValueError(f"unknown stage {self.stage!r}")
+        if self.stage == "app" and not self.env_image:
+            raise ValueError("stage 'app' needs env_image")
+
+
+def templates_dir() -> Path:
+    """mlbuild's templates: packaged as mlbuild/templates in the wheel, templates/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent.parent / "templates"):
+        if (candidate / "Dockerfile.j2").is_file():
+            return candidate
+    raise BuildError(  # pragma: no cover - a broken installation
+        f"mlbuild's Dockerfile template is missing (looked in {here / 'templates'})",
+        hint="reinstall mlbuild",
+    )
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH when set (reproducible-builds.org), else a fixed epoch."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return FIXED_EPOCH
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
+            hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct), or unset it",
+        ) from None
+    if value < 0:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is negative", hint="unset it or use a positive value")
+    return value
+
+
+def created_timestamp() -> str:
+    return _dt.datetime.fromtimestamp(source_date_epoch(), tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def model_template_path(spec: ModelSpec) -> Path | None:
+    path = Path(spec.directory) / MODEL_TEMPLATE_NAME
+    return path if path.is_file() else None
+
+
+def _dockerfile_quote(value: object) -> str:
+    """A double-quoted Dockerfile word: ENV/LABEL values may hold spaces, quotes and `$`."""
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise ConfigError(
+            f"value {text!r} contains a newline, which a Dockerfile ENV or LABEL cannot hold",
+            hint="use a single-line value",
+        )
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["dq"] = _dockerfile_quote
+    env.filters["json"] = lambda value: json.dumps(value)
+    return env
+
+
+def _variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[str, Any]:
+    base_image = layout.base_image or spec.resolved_base_image
+    port = int(spec.port)
+    mlbuild_env = {
+        "HOME": "/tmp",  # the user owns no home; libraries that cache (joblib, HF) get a writable one
+        "MLBUILD_MODEL_DIR": IMAGE_PATHS["model_dir_path"],
+        "MLBUILD_PYTHON": IMAGE_PATHS["model_env_path"] + "/bin/python",
+        "MLBUILD_ENTRYPOINT": spec.entrypoint,
+        "MLBUILD_MODEL_NAME": spec.name,
+        "MLBUILD_MODEL_VERSION": spec.version,
+        "MLBUILD_LOCK_DIGEST": lock.digest,
+        "MLBUILD_LOG_FORMAT": "json",
+        "MLBUILD_PORT": str(port),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    # The user's env wins over ours (they may set MLBUILD_WORKERS, a log format...).
+    merged_env = {**mlbuild_env, **dict(spec.env)}
+    labels = {
+        "org.opencontainers.image.title": spec.name,
+        "org.opencontainers.image.version": spec.version,
+        "org.opencontainers.image.created": created_timestamp(),
+        "org.opencontainers.image.base.name": base_image,
+        "io.mlbuild.version": __version__,
+        "io.mlbuild.lock-digest": lock.digest,
+        "io.mlbuild.python": spec.python,
+    }
+    if layout.source:
+        labels["org.opencontainers.image.source"] = layout.source
+    if layout.revision:
+        labels["org.opencontainers.image.revision"] = layout.revision
+    labels.update(dict(spec.labels))
+    python = IMAGE_PATHS["server_env_path"] + "/bin/python"
+    healthcheck = [
+        python,
+        "-c",
+        "import os, urllib.request; "
+        "port = os.environ.get('AIP_HTTP_PORT') or os.environ.get('MLBUILD_PORT') or '8080'; "
+        "urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % port, timeout=4)",
+    ]
+    return {
+        **IMAGE_PATHS,
+        **dict(layout.extra),
+        "stage": layout.stage,
+        "env_image": layout.env_image or "",
+        "base_image": base_image,
+        "python": spec.python,
+        "name": spec.name,
+        "version": spec.version,
+        "mlbuild_version": __version__,
+        "lock_digest": lock.digest,
+        "system_packages": list(spec.system_packages),
+        "has_artifacts": layout.has_artifacts,
+        "uid": UID,
+        "port": port,
+        "env": sorted(merged_env.items()),
+        "labels": sorted(labels.items()),
+        "healthcheck": healthcheck,
+        "cmd": [python, "-m", "mlbuild_runtime"],
+    }
+
+
+def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout | None = None) -> str:
+    """The Dockerfile text for this model: the model's own Dockerfile.j2 if it has one, else ours."""
+    layout = context_layout or ContextLayout()
+    env = _environment()
+    custom = model_template_path(spec)
+    try:
+        if custom is not None:
+            template = env.from_string(custom.read_text(encoding="utf-8"))
+        else:
+            template = env.get_template("Dockerfile.j2")
+        text = template.render(**_variables(spec, lock, layout))
+    except jinja2.TemplateSyntaxError as exc:
+        where = custom if custom is not None else templates_dir() / (exc.name or "Dockerfile.j2")
+        raise ConfigError(
+            f"{where}:{exc.lineno}: Dockerfile template syntax error: {exc.message}",
+            hint="fix the template; it should start with {% extends \"Dockerfile.j2\" %} and override blocks",
+        ) from None
+    except jinja2.UndefinedError as exc:
+        where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
+        raise ConfigError(
+            f"{where}: Dockerfile template uses an unknown variable: {exc.message}",
+            hint="see templates/README.md for the variables a template may use",
+        ) from None
+    # Blank runs left by skipped blocks carry no meaning; one blank line between steps reads best.
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.strip() == "" and (not lines or lines[-1] == ""):
+            continue
+        lines.append(line.rstrip())
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def render_dockerignore() -> str:
+    return _environment().get_template("dockerignore.j2").render()
+
+
+def dockerfile_for(path: str | os.PathLike[str], *, base_image: str | None = None, python: str | None = None) -> str:
+    """What `mlbuild dockerfile ./model` prints: the single-stage Dockerfile for the model as it
+    stands (its lock must exist or be creatable)."""
+    from ._files import select_model_files
+    from ._lock import ensure_lock
+    from ._spec import SpecOverrides, load_spec
+
+    overrides = None
+    if base_image is not None or python is not None:
+        overrides = SpecOverrides(python=python, base_image=base_image)
+    spec = load_spec(Path(path), overrides=overrides)
+    lock = ensure_lock(spec)
+    files = select_model_files(spec)
+    has_artifacts = any(p.as_posix() != MODEL_TEMPLATE_NAME for p in files.artifacts)
+    return render_dockerfile(spec, lock, ContextLayout(has_artifacts=has_artifacts))

@@ -1,0 +1,130 @@
+"""Shared Docker fixtures for integration tests.
+
+- ``docker_client``  session: a client whose engine answered a ping. No engine: skip locally,
+                     FAIL when CI is set (CI runs an engine; its absence is a broken CI).
+- ``base_image``     session: the local base image ``mlbuild-test/python:3.11-bookworm``, built
+                     by scripts/build-base-image.sh when missing (no registry is needed).
+- ``image_tags``     function: tags a test builds; removed afterwards.
+- ``run_in_image``   run a one-off command in an image and return its stdout.
+- ``copy_model``     copy a model directory to tmp (builds write mlbuild.lock into the model dir,
+                     which must not touch the repository's fixtures).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "mlbuild-test/python:3.11-bookworm"
+BASE_SCRIPT = REPO_ROOT / "scripts" / "build-base-image.sh"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from mlbuild._backends.docker import engine_client
+    from mlbuild._errors import EngineUnavailableError
+
+    try:
+        return engine_client()
+    except EngineUnavailableError as exc:
+        if in_ci():
+            pytest.fail(f"{exc} (CI=1: the Docker engine is required)", pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client) -> str:
+    import docker.errors
+
+    try:
+        docker_client.images.get(BASE_IMAGE)
+        return BASE_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    proc = subprocess.run(["sh", str(BASE_SCRIPT), BASE_IMAGE], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"could not build {BASE_IMAGE} with {BASE_SCRIPT}:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    return BASE_IMAGE
+
+
+@pytest.fixture
+def image_tags(docker_client) -> Iterator[list[str]]:
+    tags: list[str] = []
+    yield tags
+    _remove_images(docker_client, tags)
+
+
+def _remove_images(client, tags: list[str]) -> None:
+    import docker.errors
+
+    for tag in tags:
+        try:
+            client.images.remove(tag, force=True)
+        except docker.errors.APIError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def run_in_image(docker_client) -> Callable[..., str]:
+    def run(image: str, *command: str, entrypoint: str | None = None, user: str | None = None) -> str:
+        container = docker_client.containers.create(
+            image, list(command), entrypoint=entrypoint, user=user, network_mode="none"
+        )
+        try:
+            container.start()
+            code = container.wait(timeout=120)["StatusCode"]
+            # The engine may hand out the log a moment after the exit of a very short process.
+            for _ in range(20):
+                out = container.logs(stdout=True, stderr=False)
+                if out:
+                    break
+                time.sleep(0.1)
+            if code != 0:
+                err = container.logs(stdout=False, stderr=True).decode(errors="replace")
+                raise AssertionError(f"{command} in {image} exited {code}: {err}")
+            return out.decode()
+        finally:
+            container.remove(force=True)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def read_file_in_image(docker_client) -> Callable[[str, str], bytes]:
+    """The bytes of one file of an image, read without running anything in it."""
+
+    def read(image: str, path: str) -> bytes:
+        container = docker_client.containers.create(image)
+        try:
+            stream, _ = container.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                assert member is not None and member.isfile(), f"{path} is not a file in {image}"
+                return tar.extractfile(member).read()
+        finally:
+            container.remove(force=True)
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def copy_model(tmp_path_factory) -> Callable[[Path], Path]:
+    def copy(source: Path) -> Path:
+        dest = tmp_path_factory.mktemp(source.name) / source.name
+        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return dest
+
+    return copy

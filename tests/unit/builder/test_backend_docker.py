@@ -1,0 +1,167 @@
+"""DockerBackend without an engine: a fake docker client records the builds and answers from a
+script. What is checked: network_mode, the env-image cache, the context sent, error mapping."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import textwrap
+from pathlib import Path
+
+import docker.errors
+import pytest
+
+from mlbuild._backends import BuildOptions, EnvDirs
+from mlbuild._backends.docker import DockerBackend
+from mlbuild._errors import BuildError, EngineUnavailableError
+from mlbuild._lock import Lock
+from mlbuild._spec import load_spec
+
+
+class FakeImage:
+    def __init__(self, image_id):
+        self.id = image_id
+        self.attrs = {"Size": 123_000_000}
+
+
+class FakeImages:
+    def __init__(self, known):
+        self.known = known
+
+    def get(self, name):
+        if name in self.known:
+            return FakeImage(self.known[name])
+        raise docker.errors.ImageNotFound(name)
+
+    def pull(self, name, platform=None):
+        raise docker.errors.APIError("pull access denied")
+
+
+class FakeAPI:
+    def __init__(self, client, script):
+        self.client, self.script, self.calls = client, script, []
+
+    def build(self, *, fileobj, tag, **kwargs):
+        with tarfile.open(fileobj=io.BytesIO(b"".join(fileobj))) as tar:  # a chunk generator
+            names = tar.getnames()
+            dockerfile = tar.extractfile("Dockerfile").read().decode()
+        self.calls.append({"tag": tag, "names": names, "dockerfile": dockerfile, **kwargs})
+        chunks = self.script.pop(0) if self.script else None
+        if chunks is None:
+            image_id = f"sha256:{len(self.calls):064d}"
+            self.client.images.known[tag] = self.client.images.known[image_id] = image_id
+            chunks = [{"stream": "Step 1/2 : FROM x\n"}, {"aux": {"ID": image_id}}]
+        return iter(chunks)
+
+
+class FakeClient:
+    def __init__(self, script=None, known=None):
+        self.images = FakeImages({"base:1": "sha256:" + "b" * 64, **(known or {})})
+        self.api = FakeAPI(self, list(script or []))
+
+    def ping(self):
+        return True
+
+
+def _setup(tmp_path, toml=""):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x: dict) -> dict:\n    return x\n")
+    (model / "mlbuild.toml").write_text('name = "m"\npython = "3.11"\nbase_image = "base:1"\n' + textwrap.dedent(toml))
+    envs = {}
+    for kind in ("server", "model"):
+        site = tmp_path / kind / "lib" / "python3.11" / "site-packages"
+        site.mkdir(parents=True)
+        (site / f"{kind}pkg.py").write_text("x = 1\n")
+        envs[kind] = tmp_path / kind
+    spec = load_spec(model)
+    lock = Lock(path=model / "mlbuild.lock", python="3.11", platforms=("linux/amd64",), resolver="uv",
+                requirements_sha256="0" * 64, packages=(), digest="sha256:" + "1" * 64)
+    options = BuildOptions(tag="m:1", envs=EnvDirs(envs["server"], envs["model"], "sha256:" + "2" * 64))
+    return spec, lock, options
+
+
+def test_env_image_is_built_once_then_reused(tmp_path):
+    spec, lock, options = _setup(tmp_path)
+    client = FakeClient()
+    backend = DockerBackend(client_factory=lambda: client)
+    first = backend.build(spec, lock, options)
+    env_call, app_call = client.api.calls
+    assert env_call["tag"].startswith("mlbuild-cache/env:") and first.env_image == env_call["tag"]
+    assert "model-env/lib/python3.11/site-packages/modelpkg.py" in env_call["names"]
+    assert not any(n.startswith("model/") for n in env_call["names"])
+    assert app_call["dockerfile"].count("FROM ") == 1 and f"FROM {env_call['tag']}" in app_call["dockerfile"]
+    assert "model/code/predict.py" in app_call["names"] and not any(n.startswith("model-env") for n in app_call["names"])
+    assert {c["network_mode"] for c in client.api.calls} == {"none"}
+    assert all(c["rm"] and c["forcerm"] and c["custom_context"] for c in client.api.calls)
+    second = backend.build(spec, lock, options)
+    assert len(client.api.calls) == 3 and second.env_image == first.env_image  # only the app again
+
+
+def test_system_packages_get_network_in_the_env_build_only(tmp_path):
+    spec, lock, options = _setup(tmp_path, 'system_packages = ["libgomp1"]\n')
+    client = FakeClient()
+    lines = []
+    DockerBackend(client_factory=lambda: client).build(spec, lock, BuildOptions(**{**options.__dict__, "progress": lines.append}))
+    assert [c["network_mode"] for c in client.api.calls] == ["default", "none"]
+    assert any("network on, for apt-get only" in line for line in lines)
+
+
+def test_failed_step_is_a_build_error_with_the_step_and_tail(tmp_path):
+    spec, lock, options = _setup(tmp_path)
+    failing = [
+        {"stream": "Step 1/3 : FROM base:1\n"},
+        {"stream": "Step 2/3 : RUN wget http://x\n"},
+        {"stream": "wget: unable to resolve host address: Temporary failure in name resolution\n"},
+        {"errorDetail": {"code": 1, "message": "The command '/bin/sh -c wget http://x' returned a non-zero code: 4"}},
+    ]
+    client = FakeClient(script=[failing])
+    with pytest.raises(BuildError) as info:
+        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    assert str(info.value) == "image build failed at Step 2/3 : RUN wget http://x"
+    assert "returned a non-zero code: 4" in info.value.details
+    assert "without network on purpose" in info.value.hint
+
+
+def test_missing_base_that_cannot_be_pulled(tmp_path):
+    spec, lock, options = _setup(tmp_path)
+    client = FakeClient()
+    client.images.known.pop("base:1")
+    with pytest.raises(BuildError, match="base image base:1 is not in the engine"):
+        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+
+
+def test_engine_that_does_not_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")
+
+    def factory():
+        raise docker.errors.DockerException("Error while fetching server API version: connection refused")
+
+    spec, lock, options = _setup(tmp_path)
+    with pytest.raises(EngineUnavailableError) as info:
+        DockerBackend(client_factory=factory).build(spec, lock, options)
+    assert str(info.value) == "no Docker engine answers at tcp://127.0.0.1:9"
+    assert info.value.exit_code == 6 and "connection refused" in info.value.details
+
+
+def test_result_json_and_summary(tmp_path):
+    import json
+
+    spec, lock, options = _setup(tmp_path)
+    client = FakeClient()
+    result = DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["tag"] == "m:1" and data["backend"] == "docker" and data["size_bytes"] == 123_000_000
+    assert data["lock_digest"] == lock.digest and "dockerfile" not in data
+    assert result.summary().startswith("built m:1 (") and "123 MB, docker" in result.summary()
+
+
+def test_engine_answers(monkeypatch):
+    from mlbuild._backends.docker import engine_answers
+
+    assert engine_answers(lambda: FakeClient()) is True
+
+    def broken():
+        raise docker.errors.DockerException("nope")
+
+    assert engine_answers(broken) is False

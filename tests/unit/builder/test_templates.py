@@ -1,0 +1,208 @@
+"""Dockerfile rendering: golden files for the shapes that matter, plus the error paths.
+
+Regenerate the golden files after an intended template change with
+``UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/builder/test_templates.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mlbuild._errors import ConfigError
+from mlbuild._lock import Lock
+from mlbuild._spec import load_spec
+from mlbuild._templates import ContextLayout, created_timestamp, render_dockerfile
+
+GOLDEN = Path(__file__).parent / "golden"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _lock(model: Path) -> Lock:
+    return Lock(
+        path=model / "mlbuild.lock",
+        python="3.11",
+        platforms=("linux/amd64",),
+        resolver="uv",
+        requirements_sha256="0" * 64,
+        packages=(),
+        digest=DIGEST,
+    )
+
+
+def _model(tmp_path: Path, toml: str = "", files: dict[str, str] | None = None) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x: dict) -> dict:\n    return x\n")
+    (model / "mlbuild.toml").write_text(textwrap.dedent(toml))
+    for name, text in (files or {}).items():
+        (model / name).write_text(textwrap.dedent(text))
+    return model
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.Dockerfile"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} missing; run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{path.name} differs; if intended, rerun with UPDATE_GOLDEN=1"
+
+
+@pytest.fixture(autouse=True)
+def _no_epoch(monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+MINIMAL = """
+    name = "minimal"
+    version = "1.2.3"
+    python = "3.11"
+    """
+
+RICH = """
+    name = "rich"
+    version = "2.0.0"
+    python = "3.11"
+    base_image = "mlbuild-test/python:3.11-bookworm"
+    system_packages = ["libgomp1", "curl"]
+    port = 9000
+
+    [env]
+    OMP_NUM_THREADS = "1"
+    GREETING = "say \\"hi\\" for $5"
+    MLBUILD_WORKERS = "2"
+
+    [labels]
+    "com.example.team" = "search"
+    """
+
+
+def test_minimal_model(tmp_path):
+    model = _model(tmp_path, MINIMAL)
+    spec = load_spec(model)
+    text = render_dockerfile(spec, _lock(model), ContextLayout())
+    _check_golden("minimal", text)
+    # The layer order DESIGN.md fixes, lowest first.
+    order = [
+        "FROM python:3.11-slim",
+        "python3 -m venv --without-pip",
+        "COPY server-env/",
+        "COPY model-env/",
+        "COPY runtime/",
+        "COPY model/code/",
+        "ENV ",
+        "LABEL ",
+        "USER 10001:10001",
+        "EXPOSE 8080",
+        "HEALTHCHECK ",
+        "CMD ",
+    ]
+    positions = [text.index(marker) for marker in order]
+    assert positions == sorted(positions)
+    assert "apt-get" not in text and "COPY model/artifacts/" not in text
+
+
+def test_model_with_system_packages_env_labels_and_artifacts(tmp_path):
+    model = _model(tmp_path, RICH)
+    spec = load_spec(model)
+    text = render_dockerfile(spec, _lock(model), ContextLayout(has_artifacts=True, revision="c0ffee" * 7, source="https://example.invalid/repo"))
+    _check_golden("rich", text)
+    assert text.index("apt-get install") < text.index("python3 -m venv") < text.index("COPY model/artifacts/") < text.index("COPY model/code/")
+    assert "--no-install-recommends curl libgomp1" in text
+    # Quotes and $ survive Dockerfile parsing; the user's MLBUILD_WORKERS is kept, ours too.
+    assert 'GREETING="say \\"hi\\" for \\$5"' in text
+    assert 'MLBUILD_WORKERS="2"' in text and 'MLBUILD_PORT="9000"' in text and "EXPOSE 9000" in text
+    assert '"org.opencontainers.image.revision"="' + "c0ffee" * 7 + '"' in text
+    assert '"com.example.team"="search"' in text
+
+
+def test_model_template_extends_ours(tmp_path):
+    model = _model(
+        tmp_path,
+        MINIMAL,
+        {
+            "Dockerfile.j2": """\
+                {% extends "Dockerfile.j2" %}
+                {% block code %}
+                {{ super() }}
+                RUN ["{{ model_env_path }}/bin/python", "-c", "print('compiled-in step')"]
+                {% endblock %}
+                {% block config %}
+                {{ super() }}
+                LABEL "com.example.custom"="yes"
+                {% endblock %}
+                """
+        },
+    )
+    spec = load_spec(model)
+    text = render_dockerfile(spec, _lock(model), ContextLayout())
+    _check_golden("extended", text)
+    assert text.index("COPY model/code/") < text.index("compiled-in step") < text.index("WORKDIR")
+    assert text.rstrip().endswith('LABEL "com.example.custom"="yes"')
+
+
+def test_stages_split_the_layers(tmp_path):
+    model = _model(tmp_path, MINIMAL)
+    spec = load_spec(model)
+    env = render_dockerfile(spec, _lock(model), ContextLayout(stage="env"))
+    app = render_dockerfile(spec, _lock(model), ContextLayout(stage="app", env_image="mlbuild-cache/env:abc"))
+    full = render_dockerfile(spec, _lock(model), ContextLayout())
+    assert "COPY model-env/" in env and "COPY runtime/" not in env and "CMD" not in env
+    assert "FROM mlbuild-cache/env:abc" in app and "COPY model-env/" not in app and "COPY runtime/" in app
+    # Together they hold the same instructions as the single-stage file.
+    steps = lambda t: [l for l in t.splitlines() if l and not l.startswith(("#", "FROM"))]  # noqa: E731
+    assert steps(env) + steps(app) == steps(full)
+
+
+def test_source_date_epoch_sets_created(tmp_path, monkeypatch):
+    model = _model(tmp_path, MINIMAL)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert created_timestamp() == "2023-11-14T22:13:20Z"
+    text = render_dockerfile(load_spec(model), _lock(model))
+    assert '"org.opencontainers.image.created"="2023-11-14T22:13:20Z"' in text
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH"):
+        render_dockerfile(load_spec(model), _lock(model))
+
+
+def test_unknown_variable_in_model_template_is_a_config_error(tmp_path):
+    model = _model(tmp_path, MINIMAL, {"Dockerfile.j2": '{% extends "Dockerfile.j2" %}\n{% block code %}RUN echo {{ no_such_thing }}\n{% endblock %}\n'})
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile(load_spec(model), _lock(model))
+    assert "Dockerfile.j2" in str(info.value) and "no_such_thing" in str(info.value)
+    assert info.value.hint
+
+
+def test_template_syntax_error_names_file_and_line(tmp_path):
+    model = _model(tmp_path, MINIMAL, {"Dockerfile.j2": '{% extends "Dockerfile.j2" %}\n\n{% block code %}\nRUN x\n'})
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile(load_spec(model), _lock(model))
+    assert str(model / "Dockerfile.j2") in str(info.value)
+    assert ":4:" in str(info.value) or ":5:" in str(info.value)
+
+
+def test_newline_in_env_value_is_refused(tmp_path):
+    model = _model(tmp_path, MINIMAL + '[env]\nBAD = "two\\nlines"\n')
+    with pytest.raises(ConfigError, match="newline"):
+        render_dockerfile(load_spec(model), _lock(model))
+
+
+def test_dockerfile_for_an_example(tmp_path):
+    """What `mlbuild dockerfile` prints, for a real example whose lock is committed (no network)."""
+    import shutil
+
+    from mlbuild._templates import dockerfile_for
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "iris-sklearn"
+    model = tmp_path / "iris-sklearn"
+    shutil.copytree(example, model)
+    text = dockerfile_for(model, base_image="mlbuild-test/python:3.11-bookworm")
+    lock_text = (model / "mlbuild.lock").read_bytes()
+    import hashlib
+
+    assert f'"io.mlbuild.lock-digest"="sha256:{hashlib.sha256(lock_text).hexdigest()}"' in text
+    assert "FROM mlbuild-test/python:3.11-bookworm" in text and "COPY model/artifacts/" in text
+    assert 'MLBUILD_ENTRYPOINT="predict:Model"' in text
