@@ -8,8 +8,10 @@ so an interrupted install never leaves a half env that a later build would trust
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import time
 import shutil
 from pathlib import Path
 
@@ -115,6 +117,7 @@ def build_image(
     from ._server_env import server_lock_path
     from ._spec import SpecOverrides, load_spec
 
+    started = time.monotonic()  # seconds in the result cover the whole build, lock included
     platform = str(parse_platform(platform))
     say: ProgressCallback = (lambda _line: None) if quiet or progress is None else progress
     runner = runner or SubprocessRunner()
@@ -159,4 +162,4 @@ def build_image(
         env_cache=env_cache,
     )
     result = backend.build(spec, lock, options)
-    return result
+    return dataclasses.replace(result, seconds=time.monotonic() - started)
