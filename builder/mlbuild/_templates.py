@@ -139,7 +139,9 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[str, Any]:
+def image_variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[str, Any]:
+    """Everything the image carries besides files (ENV, labels, user, ports, healthcheck, CMD),
+    computed once here so the docker template and the oci backend bake identical configs."""
     base_image = layout.base_image or spec.resolved_base_image
     port = int(spec.port)
     mlbuild_env = {
@@ -211,7 +213,7 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
             template = env.from_string(custom.read_text(encoding="utf-8"))
         else:
             template = env.get_template("Dockerfile.j2")
-        text = template.render(**_variables(spec, lock, layout))
+        text = template.render(**image_variables(spec, lock, layout))
     except jinja2.TemplateSyntaxError as exc:
         where = custom if custom is not None else templates_dir() / (exc.name or "Dockerfile.j2")
         raise ConfigError(

@@ -1,7 +1,9 @@
 """Image backends share one interface: ``build(spec, lock, options) -> ImageResult``.
 
-Only ``docker`` exists today (a Dockerfile built by the engine); an ``oci`` backend that writes
-layers in Python is planned. Caching (the env image) and progress are wrappers around the
+``docker`` (``_backends/docker.py``): a Dockerfile rendered from templates, built by the engine.
+``oci`` (``_oci/backend.py``): the same image contents assembled in Python, no engine, bit-for-bit
+reproducible; writes an OCI layout, an archive, pushes to a registry or loads into an engine.
+Caching (the env image) and progress are wrappers around the
 backend's one build primitive, not flags threaded through it.
 """
 

@@ -7,6 +7,11 @@ Where credentials come from, in Docker's order for one registry host:
 3. ``auths[<host>]``: ``auth`` (base64 ``user:password``), or ``username``/``password``,
    or ``identitytoken`` (an OAuth2 refresh token)
 
+``<host>`` is the registry's host[:port] exactly as references write it. In ``auths`` the key
+``<host>`` itself is tried first, then any key whose host part is ``<host>`` (its URL forms:
+``https://<host>``, ``https://<host>/v2/``...). No registry gets a special key here; helpers
+are asked for ``<host>`` as-is.
+
 The Docker config is ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``. Helpers
 run through the injectable Runner. Nothing here talks to a registry: the client in
 ``registry.py`` uses :class:`Challenge` and :func:`token_request` to do the exchange.
@@ -42,9 +47,6 @@ __all__ = [
     "basic_header",
 ]
 
-# Docker keeps Hub credentials under this legacy URL key, and hands it to helpers as-is.
-_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
-_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 # A helper's answer when it simply has nothing for the host (docker-credential-helpers' text).
 _HELPER_NOT_FOUND = "credentials not found"
 _TOKEN_USERNAME = "<token>"  # helpers return this user name for identity tokens
@@ -90,17 +92,6 @@ def _config_host(key: str) -> str:
             key = key[len(prefix) :]
             break
     return key.split("/", 1)[0]
-
-
-def _lookup_hosts(registry: str) -> tuple[str, ...]:
-    """Host names to try in the config, most specific first."""
-    if registry in _HUB_HOSTS:
-        return ("index.docker.io", "docker.io", "registry-1.docker.io")
-    return (registry,)
-
-
-def _helper_server_url(registry: str) -> str:
-    return _HUB_CONFIG_KEY if registry in _HUB_HOSTS else registry
 
 
 class DockerConfig:
@@ -165,25 +156,26 @@ class DockerConfig:
         return value
 
     def lookup(self, registry: str) -> Credentials | None:
-        hosts = _lookup_hosts(registry)
         helpers = self._section("credHelpers")
         for key, helper in helpers.items():
-            if _config_host(key) in hosts:
+            if _config_host(key) == registry:
                 return self._from_helper(str(helper), registry, f"credHelpers[{key!r}]")
         store = self._load().get("credsStore")
         if store:
             creds = self._from_helper(str(store), registry, "credsStore")
             if creds is not None:
                 return creds
-        return self._from_auths(hosts)
+        return self._from_auths(registry)
 
-    def _from_auths(self, hosts: Iterable[str]) -> Credentials | None:
+    def _from_auths(self, registry: str) -> Credentials | None:
         auths = self._section("auths")
-        # Exact key match first, then any key that names the same host (with scheme or path).
-        for host in hosts:
-            for key, entry in auths.items():
-                if _config_host(key) == host:
-                    return self._decode_entry(key, entry)
+        # The exact key first (what `docker login <host>` writes), then its URL forms, in the
+        # order `docker login` with a URL argument or older clients would have written them.
+        if registry in auths:
+            return self._decode_entry(registry, auths[registry])
+        for key, entry in auths.items():
+            if _config_host(key) == registry:
+                return self._decode_entry(key, entry)
         return None
 
     def _decode_entry(self, key: str, entry: object) -> Credentials | None:
@@ -217,7 +209,7 @@ class DockerConfig:
         # Helpers read the server URL on stdin. The Runner has no stdin parameter, so a shell
         # pipes it in; the URL and program are positional arguments, never parsed by the shell.
         args = ["sh", "-c", 'printf "%s" "$1" | "$2" get', "mlbuild-credential-helper",
-                _helper_server_url(registry), program]
+                registry, program]
         try:
             result = self._runner.run(args, timeout=60)
         except CommandFailed as exc:
@@ -232,7 +224,7 @@ class DockerConfig:
             raise ConfigError(
                 f"credential helper {program} failed for {registry} (exit {exc.result.returncode}): "
                 f"{out.splitlines()[0] if out else 'no output'}",
-                hint=f"run `echo {_helper_server_url(registry)} | {program} get` to see why, "
+                hint=f"run `echo {registry} | {program} get` to see why, "
                 f"or `docker login {registry}` again",
             ) from None
         try:
@@ -242,7 +234,7 @@ class DockerConfig:
             raise ConfigError(
                 f"credential helper {program} gave an answer for {registry} that is not "
                 "JSON with Username and Secret",
-                hint=f"run `echo {_helper_server_url(registry)} | {program} get` to see its output",
+                hint=f"run `echo {registry} | {program} get` to see its output",
             ) from None
         if user == _TOKEN_USERNAME:
             return Credentials(user, "", source, identity_token=secret)

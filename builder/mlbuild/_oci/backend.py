@@ -358,9 +358,9 @@ def _assemble(per_platform: list[tuple[BaseImage, list[Blob], Descriptor, bytes,
 
 def _run_config(spec: Any, lock: Any, options: BuildOptions, base: BaseImage) -> RunConfig:
     """ENV/LABEL/USER/CMD/HEALTHCHECK exactly as the docker backend's Dockerfile sets them."""
-    from .._templates import IMAGE_PATHS, ContextLayout, _variables
+    from .._templates import IMAGE_PATHS, ContextLayout, image_variables
 
-    v = _variables(spec, lock, ContextLayout(source=options.source, revision=options.revision, base_image=base.name))
+    v = image_variables(spec, lock, ContextLayout(source=options.source, revision=options.revision, base_image=base.name))
     env = tuple(v["env"])
     if "PATH" not in base.env:
         # The engine's builder writes its default PATH into the config when the base has none;

@@ -1,34 +1,51 @@
-"""Image references: ``[registry/]repository[:tag][@digest]``, with Docker's defaults.
+"""Image references: ``[registry/]repository[:tag][@digest]``.
 
-``python:3.11``            -> docker.io/library/python:3.11
-``ghcr.io/org/model``      -> ghcr.io/org/model:latest
-``127.0.0.1:5000/m@sha256:...`` -> registry 127.0.0.1:5000, repository m, digest only
+``registry.example.com/org/model``   -> registry registry.example.com, repository org/model, tag latest
+``127.0.0.1:5000/m@sha256:...``      -> registry 127.0.0.1:5000, repository m, digest only
+``python:3.11``                       -> a short name: see below
 
 The grammar follows the distribution project's reference package (the one ``docker`` uses):
 the first path part names a registry only when it holds a ``.`` or a ``:`` or is
-``localhost``; otherwise the image lives on Docker Hub, whose one-part names get ``library/``.
+``localhost``.
+
+Short names (no registry part) are not tied to any public registry here, so that no registry
+host is ever written into this code: they resolve against the registry named at run time by
+``MLBUILD_DEFAULT_REGISTRY`` (``host[:port]``), and are an error when it is unset. Two optional
+variables cover registries laid out like the big public one:
+
+- ``MLBUILD_DEFAULT_REGISTRY_API`` (``host[:port]``): the host that serves the registry API,
+  when it differs from the name used in references (see :func:`api_host`);
+- ``MLBUILD_DEFAULT_REGISTRY_LIBRARY=1``: one-part short names get ``library/`` in front
+  (``python`` -> ``library/python``), the convention of official images. It applies only to
+  short names, never to a reference that writes its registry.
+
+The ``docker`` backend does not come through here: the engine resolves short names itself.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from .._errors import ConfigError
 
 __all__ = [
-    "DOCKER_HUB",
-    "DOCKER_HUB_API_HOST",
+    "DEFAULT_REGISTRY_ENV",
+    "DEFAULT_REGISTRY_API_ENV",
+    "DEFAULT_REGISTRY_LIBRARY_ENV",
     "Reference",
     "parse_reference",
+    "default_registry",
     "api_host",
     "is_digest",
 ]
 
-DOCKER_HUB = "docker.io"
-# Docker Hub's name in references is not the host that serves the registry API.
-DOCKER_HUB_API_HOST = "registry-1.docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+DEFAULT_REGISTRY_ENV = "MLBUILD_DEFAULT_REGISTRY"
+DEFAULT_REGISTRY_API_ENV = "MLBUILD_DEFAULT_REGISTRY_API"
+DEFAULT_REGISTRY_LIBRARY_ENV = "MLBUILD_DEFAULT_REGISTRY_LIBRARY"
+_TRUE = {"1", "true", "yes", "on"}
 
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
@@ -47,9 +64,38 @@ def is_digest(text: str) -> bool:
     return bool(m) and len(m.group(2)) == _DIGEST_HEX_LEN[m.group(1)]
 
 
-def api_host(registry: str) -> str:
-    """The host[:port] that serves the registry API for a registry name (Docker Hub differs)."""
-    return DOCKER_HUB_API_HOST if registry in _HUB_ALIASES else registry
+def _env_host(env: Mapping[str, str], name: str) -> str | None:
+    """A ``host[:port]`` from an environment variable; None when unset or empty."""
+    value = (env.get(name) or "").strip()
+    if not value:
+        return None
+    if not _DOMAIN_RE.fullmatch(value):
+        raise ConfigError(
+            f"environment variable {name}={value!r} is not a host[:port]",
+            hint=f"set {name} to a registry host such as registry.example.com or 127.0.0.1:5000 "
+            "(no scheme, no path), or unset it",
+        )
+    return value
+
+
+def default_registry(env: Mapping[str, str] | None = None) -> str | None:
+    """The registry short names resolve against (``$MLBUILD_DEFAULT_REGISTRY``), or None.
+
+    Read on every call, never cached: it is run-time configuration, not part of the code."""
+    return _env_host(os.environ if env is None else env, DEFAULT_REGISTRY_ENV)
+
+
+def api_host(registry: str, env: Mapping[str, str] | None = None) -> str:
+    """The host[:port] that serves the registry API for a registry name.
+
+    That is the name itself, except for the default registry when
+    ``$MLBUILD_DEFAULT_REGISTRY_API`` names another host (a registry whose reference name is
+    not the host of its API)."""
+    env = os.environ if env is None else env
+    # Compared raw first, so a malformed default cannot break references that name their host.
+    if registry != (env.get(DEFAULT_REGISTRY_ENV) or "").strip():
+        return registry
+    return _env_host(env, DEFAULT_REGISTRY_API_ENV) or registry
 
 
 @dataclass(frozen=True)
@@ -91,14 +137,26 @@ def _invalid(text: str, why: str) -> ConfigError:
     return ConfigError(
         f"invalid image reference {text!r}: {why}",
         hint="write it as [registry/]repository[:tag][@sha256:<64 hex>], "
-        "e.g. python:3.11-slim or 127.0.0.1:5000/team/model:1.0",
+        "e.g. registry.example.com/team/model:1.0 or 127.0.0.1:5000/model@sha256:...",
     )
 
 
-def parse_reference(text: str, *, default_tag: str = "latest") -> Reference:
-    """Parse and normalize an image reference the way ``docker pull`` does.
+def _no_registry(text: str) -> ConfigError:
+    return ConfigError(
+        f"image reference {text!r} names no registry",
+        hint=f"write the full reference (host/repository:tag), or set {DEFAULT_REGISTRY_ENV} "
+        "to the registry short names should use",
+    )
 
-    Raises ConfigError naming the reference and the part that is wrong.
+
+def parse_reference(
+    text: str, *, default_tag: str = "latest", env: Mapping[str, str] | None = None
+) -> Reference:
+    """Parse and normalize an image reference for a registry operation.
+
+    A reference without a registry part takes ``$MLBUILD_DEFAULT_REGISTRY`` (read from ``env``,
+    default ``os.environ``, at each call). Raises ConfigError naming the reference and the part
+    that is wrong, or saying that it names no registry when that variable is unset.
     """
     raw = text.strip()
     if not raw:
@@ -123,17 +181,16 @@ def parse_reference(text: str, *, default_tag: str = "latest") -> Reference:
             raise _invalid(text, f"tag {tag!r} is not valid (letters, digits, _ . -; at most 128)")
 
     first, slash, rest = name.partition("/")
+    registry: str | None
     if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
         registry, repository = first, rest
         if not _DOMAIN_RE.fullmatch(registry):
             raise _invalid(text, f"registry {registry!r} is not a host[:port]")
     else:
-        registry, repository = DOCKER_HUB, name
-    if registry in _HUB_ALIASES:
-        registry = DOCKER_HUB
-        if "/" not in repository:
-            repository = f"library/{repository}"
+        registry, repository = None, name
 
+    # The written name is checked before the registry is resolved, so a malformed short name
+    # gets its syntax error rather than a complaint about a missing registry.
     if not repository:
         raise _invalid(text, "the repository name is missing")
     if not _REPOSITORY_RE.fullmatch(repository):
@@ -144,6 +201,16 @@ def parse_reference(text: str, *, default_tag: str = "latest") -> Reference:
             f"repository {repository!r} is not valid (lowercase letters, digits and . _ - "
             "between them, parts separated by /)",
         )
+    if len(repository) > _MAX_NAME:  # too long whatever registry it ends up on
+        raise _invalid(text, f"the name is longer than {_MAX_NAME} characters")
+
+    if registry is None:
+        env = os.environ if env is None else env
+        registry = default_registry(env)
+        if registry is None:
+            raise _no_registry(raw)
+        if "/" not in repository and (env.get(DEFAULT_REGISTRY_LIBRARY_ENV) or "").strip().lower() in _TRUE:
+            repository = f"library/{repository}"
     if len(f"{registry}/{repository}") > _MAX_NAME:
         raise _invalid(text, f"the name is longer than {_MAX_NAME} characters")
 

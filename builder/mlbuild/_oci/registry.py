@@ -204,9 +204,10 @@ def resolve_platform(index: bytes, platform: str | Platform, *, image: str = "th
 class RegistryClient:
     """One registry host. Use as a context manager (or call :meth:`close`).
 
-    ``registry`` is the host[:port] as written in image references (``docker.io`` is mapped to
-    the host that serves Docker Hub's API). ``insecure`` means plain HTTP; None picks it for
-    loopback hosts only. ``credentials`` skips the lookup; otherwise ``credential_source``
+    ``registry`` is the host[:port] as written in image references; the API is reached at
+    ``reference.api_host(registry)`` (the same host, unless it is ``$MLBUILD_DEFAULT_REGISTRY``
+    and ``$MLBUILD_DEFAULT_REGISTRY_API`` names another). ``insecure`` means plain HTTP; None
+    picks it for loopback hosts only. ``credentials`` skips the lookup; otherwise ``credential_source``
     (default: the Docker config, helpers run through ``runner``) is asked on the first
     challenge. ``transport`` is for tests (``httpx.MockTransport``).
     """

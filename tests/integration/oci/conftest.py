@@ -209,7 +209,7 @@ def slow_server() -> Iterator[LocalServer]:
 @pytest.fixture(scope="session")
 def multiarch_base(registry: LocalRegistry) -> str:
     """``<registry>/library/python:3.11-bookworm``, an index over linux/amd64 + linux/arm64."""
-    for tool, why in (("docker", "docker.io"), ("debootstrap", "Debian package debootstrap")):
+    for tool, why in (("docker", "Debian package docker.io"), ("debootstrap", "Debian package debootstrap")):
         require_tool(tool, why)
     proc = subprocess.run([str(MULTIARCH_SCRIPT), registry.host], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:

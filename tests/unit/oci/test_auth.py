@@ -71,10 +71,19 @@ def test_keys_with_scheme_and_path_match_the_host(tmp_path: Path) -> None:
     assert DockerConfig(tmp_path).lookup("registry.example.com:5000") is None
 
 
-def test_docker_hub_uses_the_legacy_index_key(tmp_path: Path) -> None:
-    write_config(tmp_path, {"auths": {"https://index.docker.io/v1/": {"auth": b64("hubuser:tok")}}})
-    assert DockerConfig(tmp_path).lookup("docker.io").username == "hubuser"
-    assert DockerConfig(tmp_path).lookup("registry-1.docker.io").username == "hubuser"
+def test_exact_host_key_wins_over_its_url_forms(tmp_path: Path) -> None:
+    write_config(tmp_path, {"auths": {"https://registry.example.com": {"auth": b64("url:1")},
+                                      "registry.example.com": {"auth": b64("exact:2")}}})
+    assert DockerConfig(tmp_path).lookup("registry.example.com").username == "exact"
+
+
+def test_no_host_gets_a_special_key(tmp_path: Path) -> None:
+    # A legacy index-style URL key matches only its own host, like any other key: the lookup
+    # never maps one registry name onto another host's entry.
+    write_config(tmp_path, {"auths": {"https://index.example.com/v1/": {"auth": b64("idx:tok")}}})
+    assert DockerConfig(tmp_path).lookup("index.example.com").username == "idx"
+    assert DockerConfig(tmp_path).lookup("example.com") is None
+    assert DockerConfig(tmp_path).lookup("registry.example.com") is None
 
 
 def test_username_password_fields_and_identity_token(tmp_path: Path) -> None:
@@ -149,9 +158,9 @@ def test_creds_store_applies_to_every_host_and_falls_back_to_inline(tmp_path: Pa
 def test_helper_identity_token(tmp_path: Path) -> None:
     write_config(tmp_path, {"credsStore": "desktop"})
     runner = FakeRunner({"docker-credential-desktop": (0, json.dumps({"Username": "<token>", "Secret": "rt"}))})
-    creds = DockerConfig(tmp_path, runner=runner).lookup("docker.io")
+    creds = DockerConfig(tmp_path, runner=runner).lookup("registry.example.com:5000")
     assert creds.identity_token == "rt"
-    assert runner.calls[0][-2] == "https://index.docker.io/v1/"  # Hub's key, as docker passes it
+    assert runner.calls[0][-2] == "registry.example.com:5000"  # the host as written, no rewriting
 
 
 def test_missing_helper_and_failing_helper_are_config_errors(tmp_path: Path) -> None:

@@ -191,14 +191,24 @@ MANIFEST = b'{"schemaVersion":2,  "mediaType":"application/vnd.oci.image.manifes
 # -- defaults ------------------------------------------------------------------------------------
 
 
-def test_plain_http_only_for_loopback_and_docker_hub_api_host() -> None:
+def test_plain_http_only_for_loopback_hosts() -> None:
     assert str(RegistryClient("127.0.0.1:5000").base_url) == "http://127.0.0.1:5000"
     assert str(RegistryClient("localhost").base_url) == "http://localhost"
     assert str(RegistryClient("[::1]:5000").base_url) == "http://[::1]:5000"
     assert str(RegistryClient(HOST).base_url) == f"https://{HOST}"
     assert str(RegistryClient(HOST, insecure=True).base_url) == f"http://{HOST}"
     assert str(RegistryClient("127.0.0.1:5000", insecure=False).base_url) == "https://127.0.0.1:5000"
-    assert str(RegistryClient("docker.io").base_url) == "https://registry-1.docker.io"
+
+
+def test_api_host_override_applies_to_the_default_registry_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLBUILD_DEFAULT_REGISTRY", "names.example.com")
+    monkeypatch.setenv("MLBUILD_DEFAULT_REGISTRY_API", "api.example.com:8443")
+    client = RegistryClient("names.example.com")
+    assert client.registry == "names.example.com"  # messages and credentials use the written name
+    assert str(client.base_url) == "https://api.example.com:8443"
+    assert str(RegistryClient(HOST).base_url) == f"https://{HOST}"
+    monkeypatch.delenv("MLBUILD_DEFAULT_REGISTRY_API")
+    assert str(RegistryClient("names.example.com").base_url) == "https://names.example.com"
 
 
 # -- pulling: exact bytes and digests ------------------------------------------------------------
