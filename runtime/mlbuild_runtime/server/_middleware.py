@@ -6,6 +6,7 @@ nothing else - no extra task, no body copy.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -22,11 +23,18 @@ _HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
 
 access_log = logging.getLogger("mlbuild.access")
+_ID_PREFIX = os.urandom(8).hex() + "-"
+_id_counter = itertools.count(1)
 
 
 class ObserveMiddleware:
-    def __init__(self, app, metrics: Metrics, routes: dict[str, str], fast_post: dict | None = None) -> None:
+    def __init__(
+        self, app, metrics: Metrics, routes: dict[str, str], fast_post: dict | None = None,
+        access_log: str = "errors",
+    ) -> None:
         self.app = app
+        # lowest status that gets an access line: "all" -> every one, "errors" -> >= 400
+        self.log_from_status = {"all": 0, "errors": 400}.get(access_log, 1000)
         self.metrics = metrics
         self.routes = routes  # path -> route label; anything else is "other" (bounded labels)
         # path -> raw ASGI app for POST (the predict endpoints): skips the router entirely
@@ -44,7 +52,9 @@ class ObserveMiddleware:
             request_id = raw_id.decode("ascii")
             id_bytes = raw_id
         else:
-            request_id = os.urandom(16).hex()  # as unique as uuid4, a few times cheaper
+            # A random per-process prefix and a counter: unique across restarts and replicas
+            # without a getrandom() syscall per request.
+            request_id = f"{_ID_PREFIX}{next(_id_counter):x}"
             id_bytes = request_id.encode("ascii")
         scope[REQUEST_ID_KEY] = request_id
         token = request_id_var.set(request_id)
@@ -68,7 +78,7 @@ class ObserveMiddleware:
             elapsed = time.perf_counter() - start
             metrics.in_flight.dec()
             metrics.observe(self.routes.get(path, "other"), status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):
+            if status >= self.log_from_status and access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s %d",
                     scope["method"],

@@ -3,6 +3,7 @@ health, metadata, OpenAPI and metrics, through httpx's in-process ASGI transport
 
 from __future__ import annotations
 
+import logging
 import asyncio
 import collections
 import json
@@ -87,8 +88,12 @@ def test_predict_passes_bytes_through_untouched(app):
     assert response.status_code == 200
     assert response.content == body
     assert response.headers["content-type"] == "application/json"
-    assert len(response.headers["x-request-id"]) == 32
-    assert app.state.pool.bodies == [body]
+    first = response.headers["x-request-id"]
+    second = _call(app, "POST", "/predict", content=body).headers["x-request-id"]
+    # generated ids: a per-process random prefix and a counter - unique, printable, short
+    assert first != second and first.split("-")[0] == second.split("-")[0]
+    assert len(first.split("-")[0]) == 16
+    assert app.state.pool.bodies == [body, body]
 
 
 def test_request_id_is_echoed(app):
@@ -218,3 +223,18 @@ def test_router_route_answers_like_the_fast_path(app, tmp_path):
         if status != 200:
             assert fast.json()["error"] == routed.json()["error"]
             assert routed.json()["request_id"] == "r"
+
+
+@pytest.mark.parametrize(
+    ("access_log", "logged_statuses"),
+    [("errors", [422]), ("all", [200, 422, 200]), ("off", [])],
+)
+def test_access_log_policy(tmp_path, caplog, access_log, logged_statuses):
+    """Default "errors": a line per answer >= 400 only; "all": every request; "off": none."""
+    app = create_app(_settings(tmp_path, access_log=access_log), FakePool())
+    with caplog.at_level(logging.INFO, logger="mlbuild.access"):
+        assert _call(app, "POST", "/predict", content=b"1").status_code == 200
+        assert _call(app, "POST", "/predict", content=b"422").status_code == 422
+        assert _call(app, "GET", "/health/live").status_code == 200
+    access = [r for r in caplog.records if r.name == "mlbuild.access"]
+    assert [r.fields["status"] for r in access] == logged_statuses

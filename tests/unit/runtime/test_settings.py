@@ -143,3 +143,15 @@ def test_settings_are_frozen(tmp_path):
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
     assert isinstance(s.model_dir, Path)
+
+
+def test_access_log_setting_precedence_and_choices(tmp_path):
+    from mlbuild_runtime.server._settings import Settings, SettingsError
+
+    base = ["--model-dir", str(tmp_path)]
+    assert Settings.from_sources(base, environ={}).access_log == "errors"
+    assert Settings.from_sources(base, environ={"MLBUILD_ACCESS_LOG": "all"}).access_log == "all"
+    assert Settings.from_sources([*base, "--access-log", "off"], environ={"MLBUILD_ACCESS_LOG": "all"}).access_log == "off"
+    with pytest.raises(SettingsError) as info:
+        Settings.from_sources(base, environ={"MLBUILD_ACCESS_LOG": "verbose"})
+    assert "MLBUILD_ACCESS_LOG" in str(info.value)
