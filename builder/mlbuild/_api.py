@@ -37,13 +37,22 @@ def choose_backend(requested: str, *, wants_oci_output: bool, progress: Progress
         if progress:
             progress("backend: oci (an --output or --push target was given)")
         return "oci"
-    from ._backends.docker import engine_answers
+    from ._backends.docker import engine_address, engine_answers
 
     if engine_answers():
         return "docker"
     if progress:
-        progress("backend: oci (no Docker engine answers; writing an OCI archive instead)")
+        progress(f"backend: oci (no Docker engine answers at {engine_address()}; writing an OCI archive instead)")
     return "oci"
+
+
+def default_archive(directory: Path, python: str | None) -> Path:
+    """Where ``auto`` writes when it fell back to oci with no target: ``<name>-<version>.tar``
+    in the current directory, loadable with ``docker load`` or ``skopeo copy oci-archive:``."""
+    from ._spec import SpecOverrides, load_spec
+
+    spec = load_spec(directory, overrides=SpecOverrides(python=python) if python else None)
+    return Path.cwd() / f"{spec.name}-{spec.version}.tar"
 
 
 def _refuse_python_mismatch_of_saved_model(directory: Path, python: str | None) -> None:
@@ -90,13 +99,21 @@ def build_image(
     _refuse_python_mismatch_of_saved_model(Path(model), python)
     chosen = choose_backend(backend, wants_oci_output=bool(output or push), progress=progress)
     if chosen == "docker":
+        from ._backends.docker import engine_client
         from ._image import build_image as docker_build
+
+        engine_client()  # no engine: say so now, before locking and installing for nothing
 
         return docker_build(
             Path(model), tag=tag, base_image=base_image, platform=platform, python=python,
             quiet=quiet, runner=runner, progress=progress,
         )
     from ._oci.backend import build_oci_image
+
+    if output is None and push is None and not load and backend == "auto":
+        output = default_archive(Path(model), python)
+        if progress:
+            progress(f"writing {output}")
 
     return build_oci_image(
         Path(model), tag=tag, base_image=base_image, platform=platform, python=python,
