@@ -41,8 +41,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    BENCH, REPO, Log, Proc, Target, machine, need_program, post_json, ratio, start, table,
-    targets_block, tree_memory, wait_ready, free_port, ensure_interpreter,
+    BENCH,
+    REPO,
+    Log,
+    Proc,
+    Target,
+    ensure_interpreter,
+    free_port,
+    machine,
+    need_program,
+    post_json,
+    ratio,
+    start,
+    table,
+    targets_block,
+    tree_memory,
+    wait_ready,
 )
 
 LUA = BENCH / "lua" / "post.lua"
@@ -283,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if server_prefix:
         need_program("taskset", "install util-linux or use --pin off")
 
-    import uvicorn
     from importlib.util import find_spec
+
+    import uvicorn
 
     workdir = Path(tempfile.mkdtemp(prefix="mlbuild-bench-serve-"))
     result: dict[str, Any] = {

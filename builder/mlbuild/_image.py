@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import time
 import shutil
+import time
 from pathlib import Path
 
 from ._backends import Backend, BuildOptions, EnvDirs, ImageResult, ProgressCallback

@@ -36,15 +36,22 @@ def test_wheel_contains_builder_runtime_templates_and_server_lock(wheel):
     assert "mlbuild = mlbuild._cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_installed_wheel_imports_runtime_without_builder_or_jinja2(wheel, tmp_path):
-    target = tmp_path / "site"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel alone (no dependencies) installed into a directory of its own."""
     from uv import find_uv_bin
 
+    target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [find_uv_bin(), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
     )
+    return target
+
+
+def test_installed_wheel_imports_runtime_without_builder_or_jinja2(installed):
+    target = installed
     code = (
         "import sys; import mlbuild_runtime, mlbuild_runtime.server, mlbuild_runtime.worker.protocol; "
         "bad = [m for m in ('mlbuild', 'jinja2', 'docker', 'click') if m in sys.modules]; "
@@ -58,15 +65,8 @@ def test_installed_wheel_imports_runtime_without_builder_or_jinja2(wheel, tmp_pa
     assert bad_line == ""
 
 
-def test_installed_wheel_finds_its_templates(wheel, tmp_path):
-    target = tmp_path / "site"
-    from uv import find_uv_bin
-
-    subprocess.run(
-        [find_uv_bin(), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+def test_installed_wheel_finds_its_templates(installed):
+    target = installed
     code = "from mlbuild._templates import templates_dir; print(templates_dir())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(target)}, check=True)
     assert out.stdout.strip().startswith(str(target))

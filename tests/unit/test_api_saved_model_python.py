@@ -4,9 +4,8 @@ refuses another target before doing anything."""
 import shutil
 from pathlib import Path
 
-import pytest
-
 import mlbuild
+import pytest
 
 SAVED = Path(__file__).resolve().parents[2] / "examples" / "notebook-pipeline" / "model"
 

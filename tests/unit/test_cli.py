@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mlbuild._cli import main_inner
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,12 +19,12 @@ import time
 import traceback
 from typing import Any, Callable
 
+from . import hints as H
 from . import protocol as P
 from .loader import Entrypoint, import_entrypoint
 from .schema import input_schema, output_schema
 from .serialize import Unserializable, dumps
-from .validate import InvalidInput, compile_input, compile_hint
-from . import hints as H
+from .validate import InvalidInput, compile_hint, compile_input
 
 __all__ = ["main"]
 

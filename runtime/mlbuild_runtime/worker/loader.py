@@ -45,7 +45,7 @@ class Entrypoint:
             if raw is None or not callable(getattr(target, "predict", None)):
                 raise EntrypointNotFound(f"class {self.name} has no predict method")
             # A plain function in the class body takes self; static/class methods do not.
-            func = getattr(target, "predict")
+            func = target.predict
             self.params, self.returns = H.predict_params(
                 func, skip_first=inspect.isfunction(raw))
             self.is_async = inspect.iscoroutinefunction(getattr(func, "__func__", func))

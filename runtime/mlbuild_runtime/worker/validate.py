@@ -318,7 +318,7 @@ class _Compiler:
         # An exact JSON type match wins first (so Union[float, int] keeps 3 an int), then the
         # members are tried left to right, like pydantic's "smart" mode in the common cases.
         exact = {}
-        for a, c in members:
+        for _a, c in members:
             t = _ALL_OF_TYPE.get(c)
             if t is not None:
                 exact.setdefault(t, c)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mlbuild._envs import install_env
 from mlbuild._errors import FetchError, NoWheelError
 from mlbuild._lock import lock

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from mlbuild._lock import read_lock
 
 REPO = Path(__file__).resolve().parents[3]

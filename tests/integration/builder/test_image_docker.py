@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from mlbuild._errors import BuildError, EngineUnavailableError, RunError
 
 REPO = Path(__file__).resolve().parents[3]

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mlbuild._errors import ResolutionError
 from mlbuild._lock import ensure_lock, lock, read_lock
 from mlbuild._runner import SubprocessRunner

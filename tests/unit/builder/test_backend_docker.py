@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 import tarfile
 import textwrap
-from pathlib import Path
 
 import docker.errors
 import pytest
-
 from mlbuild._backends import BuildOptions, EnvDirs
 from mlbuild._backends.docker import DockerBackend
 from mlbuild._errors import BuildError, EngineUnavailableError

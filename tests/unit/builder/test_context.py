@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
-
 from mlbuild._context import (
     RUNTIME_PTH_NAME,
     BuildContext,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from mlbuild._entrypoint import find_entrypoint, module_file, parse_entrypoint
 from mlbuild._errors import EntrypointError
 

@@ -13,35 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from mlbuild._envs import install_env, target_tags
 from mlbuild._errors import FetchError, NoWheelError
 from mlbuild._platforms import parse_platform
-from mlbuild._runner import CommandFailed, CommandResult
+from mlbuild._runner import Call, ScriptedRunner
 
 ARM = parse_platform("linux/arm64")
 AMD = parse_platform("linux/amd64")
 
 
-@dataclass
-class Call:
-    args: tuple[str, ...]
-    env: dict | None
-
-
-@dataclass
-class FakeRunner:
-    action: Callable[[Call], tuple[int, str, str]] = lambda call: (0, "", "")
-    calls: list[Call] = field(default_factory=list)
-
-    def run(self, args, *, cwd=None, env=None, check=True, timeout=None) -> CommandResult:
-        call = Call(tuple(str(a) for a in args), dict(env) if env else None)
-        self.calls.append(call)
-        code, out, err = self.action(call)
-        result = CommandResult(call.args, code, out, err)
-        if check and code != 0:
-            raise CommandFailed(result)
-        return result
+FakeRunner = ScriptedRunner  # records calls, answers as uv would (see mlbuild._runner)
 
 
 def rec_hash(data: bytes) -> str:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-
 from mlbuild._files import glob_match, select_model_files
 from mlbuild._spec import load_spec
 

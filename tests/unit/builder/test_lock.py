@@ -8,38 +8,17 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from mlbuild._errors import LockError, ResolutionError, StaleLockError
 from mlbuild._lock import LockedPackage, ensure_lock, lock, read_lock
-from mlbuild._runner import CommandFailed, CommandResult
-from mlbuild._server_env import SERVER_PLATFORMS, main as server_env_main, read_server_lock, server_lock_path
-from mlbuild._server_env import server_requirements
+from mlbuild._runner import Call, ScriptedRunner
+from mlbuild._server_env import SERVER_PLATFORMS, read_server_lock, server_lock_path, server_requirements
+from mlbuild._server_env import main as server_env_main
 from mlbuild._spec import load_spec
 
-
-@dataclass
-class Call:
-    args: tuple[str, ...]
-    cwd: Path | None
-
-
-@dataclass
-class FakeRunner:
-    action: Callable[[Call], tuple[int, str, str]] = lambda call: (0, "", "")
-    calls: list[Call] = field(default_factory=list)
-
-    def run(self, args, *, cwd=None, env=None, check=True, timeout=None) -> CommandResult:
-        call = Call(tuple(str(a) for a in args), Path(cwd) if cwd else None)
-        self.calls.append(call)
-        code, out, err = self.action(call)
-        result = CommandResult(call.args, code, out, err)
-        if check and code != 0:
-            raise CommandFailed(result)
-        return result
+FakeRunner = ScriptedRunner  # records calls, answers as uv would (see mlbuild._runner)
 
 
 SIX = """six==1.17.0 \\

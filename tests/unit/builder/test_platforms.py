@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mlbuild._errors import ConfigError
 from mlbuild._platforms import Platform, parse_platform, parse_platforms
 

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import tomllib
 from pathlib import Path
 
 import cloudpickle
+import mlbuild
 import numpy as np
 import pytest
-
-import mlbuild
+import tomllib
 from mlbuild._save import check_payload_python, save
 from mlbuild._save_errors import SaveError
 from mlbuild._save_predict import describe_entry, render_predict

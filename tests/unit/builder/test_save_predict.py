@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mlbuild._save import save
 from mlbuild._save_predict import render_annotation
 

@@ -11,7 +11,6 @@ import textwrap
 import cloudpickle
 import numpy as np
 import pytest
-
 from mlbuild._infer_requirements import analyse_and_pickle, classify_modules
 from mlbuild._save import save
 

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from mlbuild._errors import ConfigError, EntrypointError, LockError, StaleLockError
 from mlbuild._lock import ensure_lock
 from mlbuild._spec import ModelSpec, RequirementsSource, SpecOverrides, load_spec
+from pydantic import ValidationError
 
 PROJECTS = Path(__file__).resolve().parents[2] / "fixtures" / "projects"
 PREDICT = "def predict(x):\n    return x\n"

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from mlbuild._errors import ConfigError
 from mlbuild._lock import Lock
 from mlbuild._spec import load_spec

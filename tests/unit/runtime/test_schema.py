@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Literal, NamedTuple, Optional, Tuple, TypedD
 
 import pydantic
 import pytest
-
 from mlbuild_runtime.worker.hints import predict_params
 from mlbuild_runtime.worker.schema import hint_schema, input_schema, output_schema
 

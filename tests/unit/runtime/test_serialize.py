@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pydantic
 import pytest
-
 from mlbuild_runtime.worker.serialize import Unserializable, dumps
 
 

@@ -3,10 +3,10 @@ health, metadata, OpenAPI and metrics, through httpx's in-process ASGI transport
 
 from __future__ import annotations
 
-import logging
 import asyncio
 import collections
 import json
+import logging
 import sys
 
 import httpx

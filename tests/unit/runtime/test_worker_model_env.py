@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mlbuild_runtime.worker import protocol as P
 from mlbuild_runtime.worker.launch import worker_command, worker_env
 

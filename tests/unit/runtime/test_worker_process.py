@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from mlbuild_runtime.worker import protocol as P
 from mlbuild_runtime.worker.launch import worker_command, worker_env
 
