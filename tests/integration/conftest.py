@@ -6,6 +6,7 @@
                      by scripts/build-base-image.sh when missing (no registry is needed).
 - ``image_tags``     function: tags a test builds; removed afterwards.
 - ``run_in_image``   run a one-off command in an image and return its stdout.
+- ``serve_image``    start an image with testcontainers, wait for /health/ready, yield its URL
 - ``copy_model``     copy a model directory to tmp (builds write mlbuild.lock into the model dir,
                      which must not touch the repository's fixtures).
 """
@@ -22,6 +23,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# testcontainers starts a "Ryuk" reaper container pulled from a public registry; none is
+# reachable here, and our fixtures remove their containers themselves.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "mlbuild-test/python:3.11-bookworm"
@@ -128,3 +133,33 @@ def copy_model(tmp_path_factory) -> Callable[[Path], Path]:
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def serve_image(docker_client):
+    """``with serve_image(tag) as url:`` - the image started by testcontainers with its port
+    published, ready (GET /health/ready == 200) before the block runs, removed afterwards."""
+    import contextlib
+
+    import httpx
+    from testcontainers.core.container import DockerContainer
+
+    @contextlib.contextmanager
+    def serve(tag: str, timeout: float = 180) -> Iterator[str]:
+        container = DockerContainer(tag).with_exposed_ports(8080)
+        with container:
+            url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8080)}"
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]
+                    pytest.fail(f"{tag} never became ready at {url}:\n{logs}", pytrace=False)
+                time.sleep(0.25)
+            yield url
+
+    return serve
