@@ -67,6 +67,7 @@ class ContextLayout:
     source: str | None = None  # org.opencontainers.image.source, when known
     revision: str | None = None  # org.opencontainers.image.revision, when known
     base_image: str | None = None  # overrides spec.resolved_base_image
+    base_digest: str | None = None  # org.opencontainers.image.base.digest: the base's manifest digest
     extra: Mapping[str, Any] = field(default_factory=dict)  # more variables for model templates
 
     def __post_init__(self) -> None:
@@ -172,6 +173,8 @@ def image_variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[
         labels["org.opencontainers.image.source"] = layout.source
     if layout.revision:
         labels["org.opencontainers.image.revision"] = layout.revision
+    if layout.base_digest:
+        labels["org.opencontainers.image.base.digest"] = layout.base_digest
     labels.update(dict(spec.labels))
     python = IMAGE_PATHS["server_env_path"] + "/bin/python"
     healthcheck = [

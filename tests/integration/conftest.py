@@ -6,6 +6,8 @@
                      by scripts/build-base-image.sh when missing (no registry is needed).
 - ``image_tags``     function: tags a test builds; removed afterwards.
 - ``run_in_image``   run a one-off command in an image and return its stdout.
+- ``plain_registry`` session: a real registry (Debian's docker-registry) on 127.0.0.1, as
+                     "127.0.0.1:PORT"; the engine pushes to loopback registries over plain HTTP
 - ``serve_image``    start an image with testcontainers, wait for /health/ready, yield its URL
 - ``copy_model``     copy a model directory to tmp (builds write mlbuild.lock into the model dir,
                      which must not touch the repository's fixtures).
@@ -163,3 +165,21 @@ def serve_image(docker_client):
             yield url
 
     return serve
+
+
+@pytest.fixture(scope="session")
+def plain_registry(tmp_path_factory) -> Iterator[str]:
+    import socket
+
+    if shutil.which("docker-registry") is None:
+        if in_ci():
+            pytest.fail("docker-registry is not installed; CI must install it", pytrace=False)
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    directory = tmp_path_factory.mktemp("registry")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = REPO_ROOT / "scripts" / "registry-fixture.sh"
+    subprocess.run([str(script), "start", str(directory), str(port)], check=True, capture_output=True, timeout=60)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([str(script), "stop", str(directory)], check=False, capture_output=True, timeout=60)

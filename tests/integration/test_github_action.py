@@ -3,7 +3,6 @@ against the local Docker engine and a real registry on 127.0.0.1."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +13,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 BASE = "mlbuild-test/python:3.11-bookworm"
 pytestmark = pytest.mark.docker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    subprocess.run([REPO / "scripts" / "registry-fixture.sh", "start", directory, str(port)], check=True, capture_output=True)
-    yield f"127.0.0.1:{port}"
-    subprocess.run([REPO / "scripts" / "registry-fixture.sh", "stop", directory], check=False, capture_output=True)
 
 
 def test_action_yml_runs_the_script_with_every_input():
@@ -71,7 +55,8 @@ def test_action_builds_and_reports_the_image_id(tmp_path):
     assert out["tag"] == "mlbuild-action-test/echo:1"
 
 
-def test_action_pushes_and_reports_the_registry_digest(tmp_path, registry):
+def test_action_pushes_and_reports_the_registry_digest(tmp_path, plain_registry):
+    registry = plain_registry
     import httpx
 
     tag = f"{registry}/action/echo:1"

@@ -61,6 +61,7 @@ class ImageResult:
     excluded: tuple[str, ...] = ()
     backend: str = "docker"
     env_image: str | None = None  # the cached env image it was built FROM, if any
+    base_digest: str | None = None  # the base's manifest digest (sha256:...), when it has one
     dockerfile: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:

@@ -100,11 +100,13 @@ class DockerBackend:
         base_image = options.base_image or spec.resolved_base_image
         files = select_model_files(spec)
         base_id = self._ensure_base(base_image, options)
+        base_digest = self._base_digest(base_image)
         layout = dict(
             has_artifacts=any(p.as_posix() != MODEL_TEMPLATE_NAME for p in files.artifacts),
             source=options.source,
             revision=options.revision,
             base_image=base_image,
+            base_digest=base_digest,
         )
         dockerignore = render_dockerignore()
 
@@ -148,6 +150,7 @@ class DockerBackend:
             base_image=base_image,
             excluded=tuple(f"{path.as_posix()} ({why})" for path, why in files.excluded),
             env_image=env_image,
+            base_digest=base_digest,
             dockerfile=dockerfile,
         )
 
@@ -160,6 +163,21 @@ class DockerBackend:
             )
             return "default"
         return "none"
+
+    def _base_digest(self, base_image: str) -> str | None:
+        """The manifest digest the engine recorded when it pulled the base (RepoDigests), so a
+        build names exactly what it was built on; None for a base that never came from a
+        registry (built or imported locally), which has no manifest digest."""
+        repo_digests = self.client.images.get(base_image).attrs.get("RepoDigests") or []
+        repository = base_image.split("@", 1)[0]
+        last = repository.rsplit("/", 1)[-1]
+        if ":" in last:  # a tag, not a registry port (ports come before a "/")
+            repository = repository[: len(repository) - len(last) + last.index(":")]
+        for entry in repo_digests:
+            name, _, digest = entry.partition("@")
+            if name == repository or name.endswith("/" + repository):
+                return digest
+        return None
 
     def _ensure_base(self, base_image: str, options: BuildOptions) -> str:
         """The base image's id; pulled when the engine does not have it (the build itself cannot)."""

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from mlbuild._oci.auth import Credentials
 from mlbuild._oci.registry import RegistryClient
 

@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from mlbuild._image import build_image
 from mlbuild._oci.backend import OciBackend, build_oci_image
 from mlbuild._oci.base import open_base

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
 from mlbuild._errors import FetchError, PublishError
 from mlbuild._oci.auth import Credentials, DockerConfig
 from mlbuild._oci.reference import parse_reference
