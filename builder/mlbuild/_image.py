@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ._backends import Backend, BuildOptions, EnvDirs, ImageResult, ProgressCallback
@@ -135,17 +136,20 @@ def build_image(
     if not server_lock.is_file():
         raise BuildError(f"mlbuild's server lock {server_lock} is missing", hint="reinstall mlbuild")
     server_digest = _file_digest(server_lock)
-    envs = EnvDirs(
-        server_env=installed_env(
-            "server", server_lock, server_digest, python=spec.python, platform=platform,
+    # The two installs are independent uv processes into different directories: run together,
+    # the shorter one hides behind the longer one's downloads and unpacking.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        server_env = pool.submit(
+            installed_env, "server", server_lock, server_digest, python=spec.python, platform=platform,
             env_path_in_image=SERVER_ENV_PATH, runner=runner, say=say,
-        ),
-        model_env=installed_env(
-            "model", Path(lock.path), lock.digest, python=spec.python, platform=platform,
+        )
+        model_env = pool.submit(
+            installed_env, "model", Path(lock.path), lock.digest, python=spec.python, platform=platform,
             env_path_in_image=MODEL_ENV_PATH, runner=runner, say=say,
-        ),
-        server_lock_digest=server_digest,
-    )
+        )
+        # Both finish before either error is raised (the pool waits): never a stray install.
+        # The server's error wins when both fail, as when they ran one after the other.
+        envs = EnvDirs(server_env=server_env.result(), model_env=model_env.result(), server_lock_digest=server_digest)
     if backend is None:
         from ._backends.docker import DockerBackend
 

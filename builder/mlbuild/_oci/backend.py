@@ -5,9 +5,14 @@ Layers (lowest first), matching what the docker backend's Dockerfile produces:
     base (as is) -> user (/etc/passwd, /etc/group + mlbuild 10001) -> server env (venv)
     -> model env (venv) -> runtime -> artefacts (if any) -> model code; config last
 
-The env layers are cached on the host by what determines them (lock digest, platform, Python,
-the base's python location, epoch, gzip level): a code-only rebuild writes only the small
-layers above them. The layers above are cached by a stat fingerprint of their files.
+Each env is split (``venv.split_env``) into one layer per distribution of >= 16 MiB installed,
+ordered by name, then one layer with the rest; every such layer is cached under a key made of
+the distribution, its version, the RECORD hashes of its files, platform, Python, epoch and gzip
+level, so two models that pin the same numpy share that blob. Which layers an env split into is
+cached by what determines it (lock digest, platform, Python, base's python location, epoch,
+level): a code-only rebuild finds them without walking the env and writes only the small layers
+above them, which are cached by a stat fingerprint of their files. Layers that must be written
+are compressed in parallel (zlib releases the GIL), largest first.
 
 Where the image goes is the backend's own configuration (``output``: an OCI layout directory
 or a ``.tar`` that ``docker load`` and ``skopeo copy oci-archive:`` both take; ``push``: a
@@ -40,7 +45,7 @@ from .layout import Blob, BuiltImages, DockerEntry, write_archive, write_layout
 from .rootfs import DEFAULT_PATH, rootfs_facts
 from .tarlayer import GZIP_LEVEL, Entry, LayerBlob, bytes_entry, dir_entry, file_entry, tree_entries
 from .users import user_entries
-from .venv import is_venv_own, venv_entries
+from .venv import DIST_LAYER_MIN_BYTES, MAX_DIST_LAYERS, EnvPart, is_venv_own, split_env, venv_entries
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._lock import Lock
@@ -67,6 +72,43 @@ class OciImageResult(ImageResult):
 def _is_skipped(rel: str) -> bool:
     parts = rel.split("/")
     return any(p in _SKIP_NAMES for p in parts) or rel.endswith(_SKIP_SUFFIXES)
+
+
+# Files an env's RECORD gives no hash for (RECORD itself) and no larger than this are hashed by
+# content, so a per-distribution layer's key is the same in every env that installed it.
+_HASH_UNRECORDED_MAX = 1 << 20
+
+
+def _content_fingerprint(part: EnvPart) -> str:
+    """Identity of an env part's files by content, never by host stat: RECORD's sha256 (and the
+    size on disk, so a truncated file is noticed), else the bytes themselves. The env cache is
+    written once by install_env and never edited, so RECORD's hashes stand for the files."""
+    h = hashlib.sha256()
+    for e in sorted(part.entries, key=lambda e: e.path):
+        h.update(f"{e.path}\0{e.kind}\0{e.executable}\0{e.target}\0".encode("utf-8", "surrogateescape"))
+        if isinstance(e.source, bytes):
+            h.update(hashlib.sha256(e.source).digest())
+        elif e.source is not None:
+            st = os.stat(e.source)
+            recorded = part.record_hashes.get(e.path)
+            if recorded:
+                h.update(f"{recorded}\0{st.st_size}\0".encode())
+            elif st.st_size <= _HASH_UNRECORDED_MAX:
+                h.update(hashlib.sha256(Path(e.source).read_bytes()).digest())
+            else:
+                h.update(f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _EnvInput:
+    """One installed env on the host and what it becomes in the image."""
+
+    kind: str  # "server-env" | "model-env"
+    host: Path
+    image_path: str
+    lock_digest: str
+    added: list[Entry]  # venv scaffolding (and the server's .pth), always in the shared layer
 
 
 def _fingerprint(entries: Sequence[Entry]) -> str:
@@ -110,6 +152,7 @@ class OciBackend:
         registry_client: Any = None,
         gzip_level: int = GZIP_LEVEL,
         env_installer: Callable[..., Path] | None = None,
+        dist_layer_min_bytes: int = DIST_LAYER_MIN_BYTES,
     ) -> None:
         self.output = Path(output) if output is not None else None
         self.push = push
@@ -119,6 +162,7 @@ class OciBackend:
         self.runner = runner
         self.registry_client = registry_client
         self.gzip_level = gzip_level
+        self.dist_layer_min_bytes = dist_layer_min_bytes
         self._env_installer = env_installer
 
     # ------------------------------------------------------------------ the interface
@@ -221,6 +265,48 @@ class OciBackend:
             out.append((self._layer(store, key, lambda e=entries: e, epoch), f"mlbuild {__version__}: {created_by}"))
         return tuple(out)
 
+    def _env_layers(
+        self, envs: Sequence[_EnvInput], store: BlobStore, minor: str, epoch: int, common: dict[str, Any]
+    ) -> list[tuple[LayerBlob, str]]:
+        """Every env's layers, in image order: from the group cache, else split and written."""
+        split_params = f"{self.dist_layer_min_bytes}/{MAX_DIST_LAYERS}"
+        found: dict[int, list[tuple[LayerBlob, str]]] = {}
+        pending: list[tuple[int, str, list[tuple[str, EnvPart, str]]]] = []  # env index, group key, parts
+        for i, env in enumerate(envs):
+            group = layer_key(kind=env.kind, lock=env.lock_digest, added=_fingerprint(env.added), split=split_params, **common)
+            hit = store.cached_group(group)
+            if hit is not None:
+                found[i] = hit
+                continue
+            if not env.host.is_dir():
+                raise BuildError(f"installed environment {env.host} is missing", hint="build again; if it persists, clear ~/.cache/mlbuild")
+            skip = lambda rel: _is_skipped(rel) or is_venv_own(rel, minor)  # noqa: E731
+            tree = tree_entries(env.host, env.image_path, skip=skip)
+            parts = split_env([*tree, *env.added], env.host, env.image_path, python_minor=minor,
+                              min_bytes=self.dist_layer_min_bytes, max_layers=MAX_DIST_LAYERS)
+            keyed = []
+            for part in parts:
+                key = layer_key(kind=env.kind, dist=part.dist or "", version=part.version or "",
+                                fp=_content_fingerprint(part), **common)
+                what = f"COPY {env.kind}/ {env.image_path}/" + (f" ({part.dist} {part.version})" if part.dist else "")
+                keyed.append((key, part, f"mlbuild {__version__}: {what}"))
+            pending.append((i, group, keyed))
+
+        # Cache hits cost nothing; the rest compress in parallel (zlib and sha256 release the
+        # GIL), largest first so the longest job never starts last. Order never changes bytes.
+        jobs = [(key, part) for _, _, keyed in pending for key, part, _ in keyed if store.cached_layer(key) is None]
+        jobs.sort(key=lambda j: (-j[1].size, j[0]))
+        if jobs:
+            with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+                # Each blob is remembered under its key as it is written; the loop below finds it.
+                for f in [pool.submit(self._layer, store, key, (lambda p=part: p.entries), epoch) for key, part in jobs]:
+                    f.result()
+        for i, group, keyed in pending:
+            layers = [(self._layer(store, key, (lambda p=part: p.entries), epoch), created) for key, part, created in keyed]
+            store.remember_group(group, layers)
+            found[i] = layers
+        return [layer for i in range(len(envs)) for layer in found[i]]
+
     def _env_dirs(self, plat: Platform, options: BuildOptions, spec: Any, lock: Any, runner: Runner) -> tuple[Path, Path, str]:
         from .._image import MODEL_ENV_PATH, SERVER_ENV_PATH, _file_digest, installed_env
         from .._server_env import server_lock_path
@@ -258,17 +344,9 @@ class OciBackend:
         full_version = base.env.get("PYTHON_VERSION") or None
         pth = (IMAGE_PATHS["runtime_path"] + "\n").encode()
 
-        def env_entries(host: Path, added: list[Entry], image_path: str) -> Callable[[], list[Entry]]:
-            def build() -> list[Entry]:
-                if not Path(host).is_dir():
-                    raise BuildError(f"installed environment {host} is missing", hint="build again; if it persists, clear ~/.cache/mlbuild")
-                skip = lambda rel: _is_skipped(rel) or is_venv_own(rel, minor)  # noqa: E731
-                return [*tree_entries(Path(host), image_path, skip=skip), *added]
-            return build
-
         common = dict(platform=str(plat), python=minor, epoch=plan.epoch, level=self.gzip_level, mlbuild=__version__)
         server_path, model_path = IMAGE_PATHS["server_env_path"], IMAGE_PATHS["model_env_path"]
-        jobs = []
+        envs = []
         for kind, host, image_path, lock_digest, extra in (
             ("server-env", server_dir, server_path, server_digest,
              [bytes_entry(f"{server_path}/lib/python{minor}/site-packages/{RUNTIME_PTH_NAME}", pth)]),
@@ -277,12 +355,8 @@ class OciBackend:
             # What mlbuild adds to the installed tree (venv scaffolding, .pth) is part of the key
             # by content: a change there can never be served a stale cached layer.
             added = [*venv_entries(image_path, facts, python_minor=minor, python_version=full_version), *extra]
-            key = layer_key(kind=kind, lock=lock_digest, added=_fingerprint(added), **common)
-            jobs.append((key, env_entries(host, added, image_path), f"mlbuild {__version__}: COPY {kind}/ {image_path}/"))
-        # Two env layers compress in parallel: zlib releases the GIL.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [pool.submit(self._layer, store, key, fn, plan.epoch) for key, fn, _ in jobs]
-            env_layers = [(f.result(), created) for f, (_, _, created) in zip(futures, jobs, strict=True)]
+            envs.append(_EnvInput(kind, Path(host), image_path, lock_digest, added))
+        env_layers = self._env_layers(envs, store, minor, plan.epoch, common)
         user_layer = self._layer(store, None, lambda: user_entries(facts), plan.epoch)
         timings.append((f"{plat}: env layers", round(time.monotonic() - t0, 4)))
 

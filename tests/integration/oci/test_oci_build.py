@@ -176,16 +176,24 @@ def _two_arch_base(saved_base: Path, dest: Path) -> Path:
     return write_layout(dest, BuiltImages(OCI.index, index, tuple(blobs), tuple(docker)), "base:3.11")
 
 
-def _extension_machines(layout: Path, manifest_digest: str, env_layer_index: int) -> set[str]:
-    """ELF e_machine of every .so in one layer of one platform's image."""
-    blob = layout / "blobs" / "sha256" / _manifest_layers(layout, manifest_digest)[env_layer_index].split(":")[1]
+def _extension_machines(layout: Path, manifest_digest: str) -> set[str]:
+    """ELF e_machine of every .so in the model env's layers (one or several: the env is split by
+    distribution) of one platform's image, found by their history line."""
+    blob = lambda d: layout / "blobs" / "sha256" / d.split(":")[1]  # noqa: E731
+    manifest = json.loads(blob(manifest_digest).read_bytes())
+    history = json.loads(blob(manifest["config"]["digest"]).read_bytes())["history"]
+    made = [h.get("created_by", "") for h in history if not h.get("empty_layer")]
+    assert len(made) == len(manifest["layers"])
+    env_layers = [l["digest"] for l, how in zip(manifest["layers"], made) if "COPY model-env/" in how]
+    assert env_layers
     machines = set()
-    with tarfile.open(blob, "r:gz") as tar:
-        for m in tar:
-            if m.isfile() and m.name.endswith(".so"):
-                head = tar.extractfile(m).read(20)  # type: ignore[union-attr]
-                assert head[:4] == b"\x7fELF", m.name
-                machines.add(ELF_MACHINE.get(int.from_bytes(head[18:20], "little"), str(head[18:20])))
+    for digest in env_layers:
+        with tarfile.open(blob(digest), "r:gz") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith(".so"):
+                    head = tar.extractfile(m).read(20)  # type: ignore[union-attr]
+                    assert head[:4] == b"\x7fELF", m.name
+                    machines.add(ELF_MACHINE.get(int.from_bytes(head[18:20], "little"), str(head[18:20])))
     return machines
 
 
@@ -208,9 +216,8 @@ def test_multi_arch_index_with_arm64_wheels(saved_base, cache_dir, copy_model, t
         manifest = json.loads((out / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
         config = json.loads((out / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_bytes())
         assert config["architecture"] == arch
-    # Layers: base, user, server env, model env, runtime, code -> the model env is index 3.
-    assert _extension_machines(out, by_arch["arm64"], 3) == {"aarch64"}
-    assert _extension_machines(out, by_arch["amd64"], 3) == {"x86_64"}
+    assert _extension_machines(out, by_arch["arm64"]) == {"aarch64"}
+    assert _extension_machines(out, by_arch["amd64"]) == {"x86_64"}
     # skopeo reads the index and picks a platform from it.
     raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{out}"], capture_output=True, text=True, check=True)
     assert json.loads(raw.stdout)["mediaType"] == OCI.index

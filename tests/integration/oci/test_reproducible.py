@@ -27,11 +27,17 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 _BUILD = textwrap.dedent(
     """
     import json, sys
+    from pathlib import Path
     from mlbuild._image import build_image
     from mlbuild._oci.backend import OciBackend
     model, base, out = sys.argv[1:4]
-    r = build_image(model, tag="repro:1", base_image=base, backend=OciBackend(output=out))
-    print(json.dumps({"digest": r.digest}))
+    # 1 MiB: the server env then splits into per-distribution layers (pydantic-core, uvloop, ...),
+    # so the split itself is shown to depend on nothing but the installed tree.
+    r = build_image(model, tag="repro:1", base_image=base, backend=OciBackend(output=out, dist_layer_min_bytes=1 << 20))
+    blob = lambda d: json.loads((Path(out) / "blobs" / "sha256" / d.split(":")[1]).read_bytes())
+    history = blob(blob(r.digest)["config"]["digest"])["history"]
+    server_layers = [h["created_by"] for h in history if "COPY server-env/" in h.get("created_by", "")]
+    print(json.dumps({"digest": r.digest, "server_layers": server_layers}))
     """
 )
 
@@ -43,7 +49,7 @@ def saved_base(base_image, tmp_path_factory) -> Path:
     return path
 
 
-def _build(model: Path, base: Path, out: Path, cache: Path, *, umask: str, tz: str) -> str:
+def _build(model: Path, base: Path, out: Path, cache: Path, *, umask: str, tz: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env.update({"TZ": tz, "MLBUILD_CACHE_DIR": str(cache)})
     cmd = f"umask {umask} && exec \"$0\" -c \"$1\" \"$2\" \"$3\" \"$4\""
@@ -52,7 +58,7 @@ def _build(model: Path, base: Path, out: Path, cache: Path, *, umask: str, tz: s
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])["digest"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_two_builds_same_digest(saved_base, tmp_path) -> None:
@@ -70,7 +76,9 @@ def test_two_builds_same_digest(saved_base, tmp_path) -> None:
         base.parent.mkdir(parents=True)
         shutil.copyfile(saved_base, base)
         digests.append(_build(model, base, work / "out", work / "cache", umask=umask, tz=tz))
-    assert digests[0] == digests[1]
+    assert digests[0]["server_layers"] == digests[1]["server_layers"]
+    assert len(digests[0]["server_layers"]) > 2, digests[0]  # split: some distributions, then the rest
+    assert digests[0]["digest"] == digests[1]["digest"]
     assert (tmp_path / "machine0" / "out" / "index.json").read_bytes() == (tmp_path / "machine1" / "out" / "index.json").read_bytes()
     # Every blob the image names exists and is equal in both layouts.
     names0 = sorted(p.name for p in (tmp_path / "machine0" / "out" / "blobs" / "sha256").iterdir())
@@ -84,7 +92,7 @@ def test_source_date_epoch_changes_the_digest_predictably(saved_base, tmp_path) 
     model = tmp_path / "echo"
     shutil.copytree(ECHO, model, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     cache = tmp_path / "cache"
-    base_digest = _build(model, saved_base, tmp_path / "o0", cache, umask="022", tz="UTC")
+    base_digest = _build(model, saved_base, tmp_path / "o0", cache, umask="022", tz="UTC")["digest"]
     env_digests = []
     for i in range(2):
         old = os.environ.get("SOURCE_DATE_EPOCH")

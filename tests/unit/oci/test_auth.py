@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from mlbuild._errors import ConfigError
 from mlbuild._oci.auth import (
     Challenge,

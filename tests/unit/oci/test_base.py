@@ -7,14 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from ocifixtures import debian_like_layers, image_config, sha, write_docker_archive
-
 from mlbuild._errors import BuildError, ConfigError, MlbuildError
 from mlbuild._oci.base import open_base, python_minor
 from mlbuild._oci.image import sha256_digest
 from mlbuild._oci.layout import Blob, BuiltImages, DockerEntry, write_layout
 from mlbuild._oci.mediatypes import OCI
 from mlbuild._platforms import parse_platform
+from ocifixtures import debian_like_layers, image_config, sha, write_docker_archive
 
 AMD64 = parse_platform("linux/amd64")
 ARM64 = parse_platform("linux/arm64")

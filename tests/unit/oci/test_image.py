@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mlbuild._errors import BuildError
 from mlbuild._oci.image import (
     Descriptor,

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from mlbuild._errors import BuildError, PublishError
 from mlbuild._oci.cache import BlobStore, layer_key
 from mlbuild._oci.image import Descriptor, build_manifest, sha256_digest
@@ -131,3 +130,20 @@ def test_layer_cache_hits_by_key_and_survives_only_with_its_blob(tmp_path: Path)
     assert third.digest == first.digest and len(calls) == 2
     assert layer_key(kind="model-env", lock="sha256:abd", platform="linux/amd64") != key
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_group_cache_names_its_layers_in_order_and_only_while_all_are_whole(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    a = store.layer(None, lambda: [bytes_entry("/a", b"1")], epoch=0)
+    b = store.layer(None, lambda: [bytes_entry("/b", b"2")], epoch=0)
+    key = layer_key(kind="model-env", lock="sha256:abc")
+    assert store.cached_group(key) is None
+    store.remember_group(key, [(b, "numpy 2.4"), (a, "rest")])
+    assert store.cached_group(key) == [(b, "numpy 2.4"), (a, "rest")]
+    assert store.cached_group(layer_key(kind="model-env", lock="sha256:abd")) is None
+    (store.groups / f"{key}.json").write_text("[{\"digest\": 1}]")  # damaged record: a miss, not a crash
+    assert store.cached_group(key) is None
+    store.remember_group(key, [(b, "numpy 2.4"), (a, "rest")])
+    a.path.unlink()  # one of its blobs gone: the whole group is rebuilt
+    assert store.cached_group(key) is None
+    assert not [p for p in store.groups.iterdir() if p.name.startswith(".")]

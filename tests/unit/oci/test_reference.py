@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from mlbuild._errors import ConfigError
 from mlbuild._oci.base import open_base
 from mlbuild._oci.publish import push_layout

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from mlbuild._errors import ConfigError, FetchError, PublishError
 from mlbuild._oci.auth import Credentials, NoCredentials
 from mlbuild._oci.registry import (

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from mlbuild._errors import BuildError
 from mlbuild._oci.tarlayer import (
     bytes_entry,
