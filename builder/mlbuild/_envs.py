@@ -84,7 +84,7 @@ def install_env(
             "--target", str(flat),
             "--python-version", python,
             "--python-platform", platform.uv_python_platform(),
-            "--require-hashes", "--no-deps", "--link-mode=copy",
+            "--require-hashes", "--no-deps", "--link-mode=hardlink",
             "--no-python-downloads", "--quiet",
             "-r", str(requirements_file),
         ]
@@ -208,9 +208,8 @@ def _rewrite_scripts(root: Path, site: Path, env_path_in_image: str) -> None:
                 continue
             data = script.read_bytes()
             rewritten = _replace_shebang(data, shebang)
-            if rewritten != data:
-                script.write_bytes(rewritten)
-            script.chmod(0o755)
+            if rewritten != data or script.stat().st_mode & 0o777 != 0o755:
+                _replace_file(script, rewritten, 0o755)
             new_hashes[f"bin/{script.name}"] = (_record_hash(rewritten), len(rewritten))
 
     up = os.path.relpath(root, site)  # ../../.. : from site-packages back to the env root
@@ -234,7 +233,16 @@ def _rewrite_scripts(root: Path, site: Path, env_path_in_image: str) -> None:
                 continue
             lines.append(f"{path},{rest}")
         # Sorted: the order uv writes may vary with thread scheduling.
-        record.write_text("".join(ln + "\n" for ln in sorted(lines)), encoding="utf-8")
+        _replace_file(record, "".join(ln + "\n" for ln in sorted(lines)).encode("utf-8"), 0o644)
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file and rename it over ``path``, never writing into the old inode: files
+    are hard links into uv's cache (--link-mode=hardlink), which must never change."""
+    tmp = path.with_name(f".{path.name}.mlbuild-tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def _replace_shebang(data: bytes, shebang: str) -> bytes:

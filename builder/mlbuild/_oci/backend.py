@@ -22,6 +22,7 @@ docker backend, which publishes through the engine instead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform as _host
@@ -230,6 +231,7 @@ class OciBackend:
             base_image=base_ref,
             excluded=tuple(f"{path.as_posix()} ({why})" for path, why in files.excluded),
             backend="oci",
+            base_digest=bases[platforms[0]].manifest_digest,
             digest=images.digest,
             platforms=tuple(str(p) for p in platforms),
             timings=tuple(timings),
@@ -362,7 +364,11 @@ class OciBackend:
 
         new = [(user_layer, f"mlbuild {__version__}: user mlbuild (uid 10001)"), *env_layers, *plan.upper]
         family = base.family
-        config = build_config(base.config, plan.run, [NewLayer(b.diff_id, c) for b, c in new], platform=plat, epoch=plan.epoch)
+        run = plan.run
+        if base.manifest_digest:  # this platform's base, exactly (a docker-archive has none)
+            labels = (*run.labels, ("org.opencontainers.image.base.digest", base.manifest_digest))
+            run = dataclasses.replace(run, labels=tuple(sorted(labels)))
+        config = build_config(base.config, run, [NewLayer(b.diff_id, c) for b, c in new], platform=plat, epoch=plan.epoch)
         config_desc = Descriptor.of(family.config, config)
         layer_descs = [Descriptor(l.media_type, l.digest, l.size, extra=l.extra) for l in base.layers]
         layer_descs += [Descriptor(family.layer_gzip, b.digest, b.size) for b, _ in new]

@@ -159,3 +159,28 @@ def test_installed_host_env_imports(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import six; print(six.__file__)",
                           str(env.site_packages)], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(env.site_packages / "six.py")
+
+
+def test_hardlinked_install_never_changes_uv_s_cache(tmp_path, numpy_lock):
+    """Envs are hard links into uv's cache (fast, no copy); what mlbuild rewrites (scripts,
+    RECORD) is written as new files, so a second install from the same cache is pristine."""
+    args = dict(python="3.12", platform=parse_platform("linux/amd64"), runner=SubprocessRunner(),
+                cache_dir=tmp_path / "cache")
+    install_env(numpy_lock, tmp_path / "one", env_path_in_image="/one/env", **args)
+    install_env(numpy_lock, tmp_path / "two", env_path_in_image="/two/env", **args)
+    site_one = tmp_path / "one" / "lib" / "python3.12" / "site-packages"
+    site_two = tmp_path / "two" / "lib" / "python3.12" / "site-packages"
+    shared = site_one / "six.py"
+    assert shared.stat().st_nlink > 1  # linked, not copied
+    assert shared.stat().st_ino == (site_two / "six.py").stat().st_ino
+    # Rewritten per install: never linked, each with its own shebang.
+    for env, prefix in ((tmp_path / "one", "/one/env"), (tmp_path / "two", "/two/env")):
+        script = env / "bin" / "f2py"
+        assert script.stat().st_nlink == 1
+        assert script.read_text().startswith(f"#!{prefix}/bin/python\n")
+        record = next((env / "lib" / "python3.12" / "site-packages").glob("numpy-*.dist-info")) / "RECORD"
+        assert record.stat().st_nlink == 1
+    # And the cache still holds uv's own files: nothing of ours leaked into it.
+    cached_records = [p for p in (tmp_path / "cache").rglob("RECORD") if "numpy" in str(p.parent)]
+    for record in cached_records:
+        assert "../../../bin/f2py" not in record.read_text()

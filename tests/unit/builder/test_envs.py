@@ -81,7 +81,7 @@ def test_command_line(tmp_path):
     assert a[1:3] == ("pip", "install")
     assert a[a.index("--python-version") + 1] == "3.12"
     assert a[a.index("--python-platform") + 1] == "aarch64-manylinux_2_36"
-    for flag in ("--require-hashes", "--no-deps", "--link-mode=copy"):
+    for flag in ("--require-hashes", "--no-deps", "--link-mode=hardlink"):
         assert flag in a
     assert "--compile-bytecode" not in a
     assert a[a.index("-r") + 1] == str(req)
