@@ -49,8 +49,10 @@ IMAGE_PATHS = {
     "model_dir_path": "/opt/mlbuild/model",
 }
 UID = 10001
-# Used when SOURCE_DATE_EPOCH is not set, so that two builds of the same inputs agree.
-FIXED_EPOCH = 0
+# Used when SOURCE_DATE_EPOCH is not set, so that two builds of the same inputs agree: every
+# file mtime and the `created` time. 2000-01-01T00:00:00Z rather than 0: zip (Python's zipfile
+# included) refuses timestamps before 1980, and a model may zip files it finds in the image.
+FIXED_EPOCH = 946684800
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,9 @@ from typing import BinaryIO
 from .._errors import BuildError
 
 __all__ = [
-    "DEFAULT_EPOCH",
     "GZIP_LEVEL",
     "Entry",
     "LayerBlob",
-    "build_epoch",
     "file_entry",
     "bytes_entry",
     "dir_entry",
@@ -46,10 +44,6 @@ __all__ = [
     "normalize_entries",
     "write_layer",
 ]
-
-# 2000-01-01T00:00:00Z: a fixed, recognisable epoch when SOURCE_DATE_EPOCH is unset. Not 0:
-# some tools (zip, Python's zipimport) reject timestamps before 1980.
-DEFAULT_EPOCH = 946684800
 
 # Measured on the 2-core build machine, one thread, on the installed iris-sklearn model env
 # (numpy+scipy+scikit-learn site-packages: 206 MB, 3.8k files), two runs each:
@@ -62,24 +56,6 @@ DEFAULT_EPOCH = 946684800
 GZIP_LEVEL = 1
 
 _COPY_CHUNK = 1 << 20
-
-
-def build_epoch(environ: dict[str, str] | None = None) -> int:
-    """The mtime for every file and ``created`` timestamp: SOURCE_DATE_EPOCH or DEFAULT_EPOCH."""
-    env = os.environ if environ is None else environ
-    raw = env.get("SOURCE_DATE_EPOCH", "").strip()
-    if not raw:
-        return DEFAULT_EPOCH
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BuildError(
-            f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
-            hint="set SOURCE_DATE_EPOCH to seconds since 1970 (e.g. `git log -1 --format=%ct`) or unset it",
-        ) from None
-    if value < 0:
-        raise BuildError(f"SOURCE_DATE_EPOCH={raw!r} is negative", hint="use seconds since 1970")
-    return value
 
 
 @dataclass(frozen=True)

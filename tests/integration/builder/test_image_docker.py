@@ -55,7 +55,7 @@ def test_result_and_labels(echo_build, docker_client, base_image):
     assert labels["io.mlbuild.version"]
     assert labels["org.opencontainers.image.title"] == "echo"
     assert labels["org.opencontainers.image.version"] == "0.1.0"
-    assert labels["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
+    assert labels["org.opencontainers.image.created"] == "2000-01-01T00:00:00Z"  # the fixed epoch
     config = image.attrs["Config"]
     assert config["User"] == "10001:10001"
     assert config["Cmd"] == ["/opt/mlbuild/server-env/bin/python", "-m", "mlbuild_runtime"]

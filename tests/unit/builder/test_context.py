@@ -20,6 +20,7 @@ from mlbuild._context import (
 )
 from mlbuild._errors import BuildError
 from mlbuild._files import select_model_files
+from mlbuild._templates import FIXED_EPOCH
 from mlbuild._spec import load_spec
 
 
@@ -97,7 +98,7 @@ def test_layout_and_exclusions(tmp_path):
     assert members["model/code"].isdir() and members["model/code"].mode == 0o755
     link = members["model-env/lib/python3.11/site-packages/numpy_alias"]
     assert link.issym() and link.linkname == "numpy"
-    assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in members.values()} == {(0, 0, "", "", 0)}
+    assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in members.values()} == {(0, 0, "", "", FIXED_EPOCH)}
 
 
 def test_tar_is_byte_identical_across_checkouts(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ LABEL "io.mlbuild.lock-digest"="sha256:ababababababababababababababababababababa
       "io.mlbuild.python"="3.11" \
       "io.mlbuild.version"="0.1.0" \
       "org.opencontainers.image.base.name"="python:3.11-slim" \
-      "org.opencontainers.image.created"="1970-01-01T00:00:00Z" \
+      "org.opencontainers.image.created"="2000-01-01T00:00:00Z" \
       "org.opencontainers.image.title"="minimal" \
       "org.opencontainers.image.version"="1.2.3"
 USER 10001:10001
