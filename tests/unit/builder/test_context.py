@@ -20,8 +20,8 @@ from mlbuild._context import (
 )
 from mlbuild._errors import BuildError
 from mlbuild._files import select_model_files
-from mlbuild._templates import FIXED_EPOCH
 from mlbuild._spec import load_spec
+from mlbuild._templates import FIXED_EPOCH
 
 
 def _write(path: Path, text: str, executable: bool = False) -> None:
