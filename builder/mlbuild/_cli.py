@@ -67,7 +67,8 @@ def lock(directory: Path, python: str | None, platform: str, resolver: str) -> N
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--base", "base_image", help="Base image (default: python:<version>-slim).")
 def dockerfile(directory: Path, base_image: str | None) -> None:
-    """Print the Dockerfile mlbuild renders for DIRECTORY."""
+    """Print the Dockerfile mlbuild renders for DIRECTORY (writing mlbuild.lock first if it is
+    absent, as `mlbuild image` would: the lock's digest is one of the image's labels)."""
     from ._templates import dockerfile_for
 
     click.echo(dockerfile_for(directory, base_image=base_image), nl=False)
