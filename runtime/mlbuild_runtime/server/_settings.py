@@ -45,6 +45,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..worker import protocol
+
 __all__ = ["Settings", "SettingsError", "build_parser"]
 
 MIB = 1 << 20
@@ -159,10 +161,14 @@ def _byte_size(raw: str) -> int:
     value = int(match.group(1)) * _SIZE_UNITS[unit]
     if value < 1:
         raise ValueError("must be at least 1 byte")
-    # The wire protocol refuses frames over 1 GiB; a body limit above it could never be honoured.
-    if value > 1 << 30:
-        raise ValueError("must be at most 1GiB")
+    # The wire protocol refuses frames over MAX_FRAME (1 GiB, counting the frame's 9-byte kind
+    # and id): a body limit above what fits in one frame could never be honoured.
+    if value > _MAX_BODY:
+        raise ValueError(f"must be at most {_MAX_BODY} bytes (1GiB less the frame header)")
     return value
+
+
+_MAX_BODY = protocol.MAX_FRAME - protocol.KIND_ID_SIZE
 
 
 def _choice(*options: str) -> Callable[[str], str]:

@@ -230,6 +230,10 @@ class Worker:
             self.kill()
             await proc.wait()
         self.returncode = proc.returncode
+        # Whatever the model started (a subprocess in load(), a data loader's helpers) would
+        # outlive its worker and be re-parented to init, one more per crash: the worker led
+        # its own process group, whose id stays valid while any member lives.
+        _kill_group(proc.pid)
         self.exit_reason = self._describe_exit()
         pending, self._pending = self._pending, None
         if pending is not None and not pending[1].done():
@@ -345,3 +349,10 @@ def _json(payload: bytes) -> dict:
     if not isinstance(value, dict):
         raise protocol.ProtocolError("control frame is not a JSON object")
     return value
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already empty (the usual case)

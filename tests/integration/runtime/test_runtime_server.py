@@ -240,3 +240,32 @@ def test_sigterm_finishes_in_flight_then_exits_0(start_server):
     for pid in worker_pids:  # the workers were stopped, not orphaned
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_processes_a_model_started_die_with_its_worker(start_server):
+    server = start_server("spawns_child")
+    with server.client() as client:
+        first = client.post("/predict", json="pid").json()
+        assert _alive(first)
+        assert client.post("/predict", json="exit").status_code == 503
+        server.wait_ready()
+        second = client.post("/predict", json="pid").json()
+    deadline = time.monotonic() + 5
+    while _alive(first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(first), "the crashed worker's helper process outlived it"
+    assert second != first and _alive(second)
+    assert server.stop() == 0
+    deadline = time.monotonic() + 5
+    while _alive(second) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(second), "a helper process outlived the server's graceful stop"

@@ -68,7 +68,7 @@ def test_empty_env_counts_as_unset(tmp_path):
 
 @pytest.mark.parametrize(
     ("raw", "size"),
-    [("1024", 1024), ("512KiB", 512 << 10), ("10MiB", 10 << 20), ("5MB", 5_000_000), ("64k", 65536), ("1G", 1 << 30)],
+    [("1024", 1024), ("512KiB", 512 << 10), ("10MiB", 10 << 20), ("5MB", 5_000_000), ("64k", 65536), ("1023MiB", 1023 << 20)],
 )
 def test_body_size_units(tmp_path, raw, size):
     assert read(["--model-dir", str(tmp_path), "--max-body-size", raw]).max_body_size == size
@@ -86,7 +86,8 @@ def test_body_size_units(tmp_path, raw, size):
         (["--predict-timeout", "nan"], {}, "--predict-timeout='nan': must be a finite number of seconds"),
         (["--grace-period", "-1"], {}, "--grace-period='-1': must not be negative"),
         (["--max-body-size", "10 parsecs"], {}, "--max-body-size='10 parsecs': must be a byte count"),
-        (["--max-body-size", "2GiB"], {}, "--max-body-size='2GiB': must be at most 1GiB"),
+        (["--max-body-size", "2GiB"], {}, "--max-body-size='2GiB': must be at most 1073741815 bytes"),
+        (["--max-body-size", "1GiB"], {}, "--max-body-size='1GiB': must be at most 1073741815 bytes"),
         (["--log-format", "xml"], {}, "--log-format='xml': must be one of json, text, auto"),
         ([], {"MLBUILD_MODEL_DIR": "/no/such/dir"}, "MLBUILD_MODEL_DIR='/no/such/dir': no such directory"),
         (["--python", "/no/python"], {}, "--python='/no/python': no such file"),
