@@ -6,12 +6,16 @@ goes in the top layer; everything else is an artefact (weights, encoders...) in 
 Left out by default, each with a reason the builder prints:
 
 * secrets — ``.env``, ``.env.*``, ``*.pem``, ``*.key``, ``id_rsa*`` (and other ssh keys),
-  ``.netrc``, ``.pypirc``, ``credentials*.json``, and the directories ``.aws/``, ``.ssh/``,
-  ``.git/``;
+  ``.netrc``, ``.pypirc``, ``.npmrc``, ``.git-credentials``, ``.htpasswd``, ``credentials``
+  (the AWS file), ``credentials*.json``, ``*service-account*.json``, ``secrets.toml``, key stores
+  (``*.p12``, ``*.pfx``, ``*.jks``, ``*.keystore``), and the directories ``.aws/``, ``.ssh/``,
+  ``.git/``, ``.gnupg/``, ``.docker/``, ``.kube/``, ``.azure/``, ``.config/gcloud/``;
 * caches and local environments — ``__pycache__/``, ``*.pyc``, ``.venv/``, ``venv/``,
   ``.mypy_cache/``, ``.pytest_cache/``, ``.ruff_cache/``, ``.ipynb_checkpoints/``, ``.tox/``,
   ``.DS_Store``;
-* anything that is not a regular file, and symlinks that leave the model directory.
+* anything that is not a regular file, symlinks that leave the model directory, and symlinks
+  whose target would itself be left out (``settings.txt -> .env`` must not bake ``.env`` under
+  another name): a link is baked only when the file it points at would be.
 
 ``spec.exclude`` globs drop more; ``spec.include`` globs take back what ``exclude`` or the cache
 rules dropped (like ``!pattern`` in a .dockerignore). A secret is taken back only by an include
@@ -35,12 +39,16 @@ from pathlib import Path, PurePosixPath
 
 from ._spec import ModelSpec
 
-__all__ = ["ModelFiles", "select_model_files", "glob_match", "CODE_NAMES"]
+__all__ = ["ModelFiles", "select_model_files", "glob_match", "check_glob", "CODE_NAMES"]
 
 CODE_NAMES = frozenset({"mlbuild.toml", "requirements.txt", "pyproject.toml", "mlbuild.lock"})
 _SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*",
-                 "id_ed25519*", ".netrc", ".pypirc", "credentials*.json")
-_SECRET_DIRS = frozenset({".aws", ".ssh", ".git", ".gnupg"})
+                 "id_ed25519*", ".netrc", ".pypirc", ".npmrc", ".git-credentials", ".htpasswd",
+                 "credentials", "credentials*.json", "*service-account*.json", "secrets.toml",
+                 "*.p12", "*.pfx", "*.jks", "*.keystore")
+# Directories (as trailing runs of path parts, matched at any depth) that hold credentials.
+_SECRET_DIRS = ((".aws",), (".ssh",), (".git",), (".gnupg",), (".docker",), (".kube",), (".azure",),
+                (".config", "gcloud"))
 _CACHE_DIRS = frozenset({"__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
                          ".ruff_cache", ".ipynb_checkpoints", ".tox"})
 _CACHE_FILES = ("*.pyc", "*.pyo", ".DS_Store")
@@ -59,11 +67,14 @@ class ModelFiles:
 
 @functools.lru_cache(maxsize=256)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile one include/exclude glob; raises ValueError (saying why) for a bad one."""
     raw = pattern.strip()
     pat = raw.lstrip("/")
     # Like .gitignore: a leading or inner "/" anchors the pattern at the model directory.
     anchored = raw.startswith("/") or "/" in pat.rstrip("/")
     pat = pat.rstrip("/")
+    if not pat:
+        raise ValueError("the pattern is empty")
     out, i = [], 0
     while i < len(pat):
         if pat.startswith("**/", i):
@@ -79,22 +90,40 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             out.append("[^/]")
             i += 1
         elif pat[i] == "[":
-            end = pat.find("]", i + 1)
-            if end == -1:
+            # As fnmatch: a "]" right after "[" or "[!" is a literal member, not the end.
+            j = i + 1
+            if j < len(pat) and pat[j] == "!":
+                j += 1
+            if j < len(pat) and pat[j] == "]":
+                j += 1
+            end = pat.find("]", j)
+            if end == -1:  # no closing bracket: the "[" is a literal character
                 out.append(re.escape("["))
                 i += 1
-            else:
-                body = pat[i + 1 : end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = end + 1
+                continue
+            body = pat[i + 1 : end]
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            # Escape every member but "-" (ranges), so "\", "[", "^", "&&"... stay literal.
+            members = "".join(c if c == "-" else re.escape(c) for c in body)
+            # A class is one character of one path part: it never matches "/".
+            out.append(f"(?!/)[{'^' if negate else ''}{members}]")
+            i = end + 1
         else:
             out.append(re.escape(pat[i]))
             i += 1
     prefix = "" if anchored else "(?:.*/)?"
     # "(?:/.*)?" : a pattern that names a directory covers what is under it.
-    return re.compile(f"^{prefix}{''.join(out)}(?:/.*)?$")
+    try:
+        return re.compile(f"^{prefix}{''.join(out)}(?:/.*)?$")
+    except re.error as exc:
+        raise ValueError(re.sub(r" at position \d+$", "", str(exc))) from None
+
+
+def check_glob(pattern: str) -> None:
+    """Raise ValueError saying why ``pattern`` is not a usable include/exclude glob."""
+    _glob_regex(pattern)
 
 
 def glob_match(pattern: str, relpath: str) -> bool:
@@ -104,6 +133,11 @@ def glob_match(pattern: str, relpath: str) -> bool:
 
 def _is_secret_name(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in _SECRET_FILES)
+
+
+def _is_secret_dir(parts: tuple[str, ...]) -> bool:
+    """True when the directory whose path parts are ``parts`` is one that holds credentials."""
+    return any(parts[-len(d):] == d for d in _SECRET_DIRS if len(parts) >= len(d))
 
 
 def select_model_files(spec: ModelSpec) -> ModelFiles:
@@ -126,6 +160,26 @@ def select_model_files(spec: ModelSpec) -> ModelFiles:
             for p in spec.include
         )
 
+    def name_problem(rel: str) -> str | None:
+        """Why the file at ``rel`` is left out by the name rules (secrets, caches, globs), or None.
+
+        The walk prunes secret and cache directories before it reaches their files; the
+        ancestor checks here give the same answer for a symlink's target, which the walk may
+        reach by another path (or never)."""
+        parts = PurePosixPath(rel).parts
+        for n in range(1, len(parts)):
+            prefix = "/".join(parts[:n])
+            if _is_secret_dir(parts[:n]) and prefix not in literal_includes:
+                return "may hold secrets (never baked)"
+        if _is_secret_name(parts[-1]) and rel not in literal_includes:
+            return "may hold secrets (never baked)"
+        why = user_excluded(rel)
+        if why is None and any(fnmatch.fnmatchcase(parts[-1], p) for p in _CACHE_FILES):
+            why = "cache file"
+        if why is None and any(part in _CACHE_DIRS for part in parts[:-1]):
+            why = "cache or local environment"
+        return why if why is not None and not included(rel) else None
+
     code: list[Path] = []
     artifacts: list[Path] = []
     excluded: list[tuple[Path, str]] = []
@@ -138,7 +192,7 @@ def select_model_files(spec: ModelSpec) -> ModelFiles:
             full = Path(dirpath, d)
             if full.is_symlink():
                 excluded.append((Path(rel), "symlinked directory (not followed)"))
-            elif d in _SECRET_DIRS and rel not in literal_includes:
+            elif _is_secret_dir(PurePosixPath(rel).parts) and rel not in literal_includes:
                 excluded.append((Path(rel), "may hold secrets (never baked)"))
             elif d in _CACHE_DIRS and not may_include_under(rel):
                 excluded.append((Path(rel), "cache or local environment"))
@@ -149,17 +203,13 @@ def select_model_files(spec: ModelSpec) -> ModelFiles:
         for f in sorted(filenames):
             rel = (rel_dir / f).as_posix().removeprefix("./")
             full = Path(dirpath, f)
-            reason = _file_problem(root, full)
-            if reason is None and _is_secret_name(f) and rel not in literal_includes:
-                reason = "may hold secrets (never baked)"
-            if reason is None:
-                why = user_excluded(rel)
-                if why is None and any(fnmatch.fnmatchcase(f, p) for p in _CACHE_FILES):
-                    why = "cache file"
-                if why is None and any(part in _CACHE_DIRS for part in PurePosixPath(rel).parts[:-1]):
-                    why = "cache or local environment"
-                if why is not None and not included(rel):
-                    reason = why
+            reason = _file_problem(root, full) or name_problem(rel)
+            if reason is None and full.is_symlink():
+                # The link's own name passed; the file it points at must pass too, judged by
+                # its own path (an include naming the link does not vouch for the target).
+                target = full.resolve().relative_to(root).as_posix()
+                if name_problem(target) is not None:
+                    reason = f"symlink to an excluded file: {target}"
             if reason is not None:
                 excluded.append((Path(rel), reason))
             elif f.endswith(".py") or f in CODE_NAMES:

@@ -80,6 +80,14 @@ def _is_skipped(rel: str) -> bool:
 _HASH_UNRECORDED_MAX = 1 << 20
 
 
+def _stat_key(st: os.stat_result) -> bytes:
+    """A file's identity without reading it. Size and mtime alone miss a file rewritten in place
+    with both kept (cp -p, rsync -t, archives with fixed timestamps: new weights of the same
+    shape); st_ctime_ns cannot be set by utime and moves on every write or rename, and st_dev with
+    st_ino names the file itself."""
+    return f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_dev}\0{st.st_ino}\0".encode()
+
+
 def _content_fingerprint(part: EnvPart) -> str:
     """Identity of an env part's files by content, never by host stat: RECORD's sha256 (and the
     size on disk, so a truncated file is noticed), else the bytes themselves. The env cache is
@@ -97,7 +105,7 @@ def _content_fingerprint(part: EnvPart) -> str:
             elif st.st_size <= _HASH_UNRECORDED_MAX:
                 h.update(hashlib.sha256(Path(e.source).read_bytes()).digest())
             else:
-                h.update(f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0".encode())
+                h.update(_stat_key(st))
     return h.hexdigest()
 
 
@@ -113,7 +121,7 @@ class _EnvInput:
 
 
 def _fingerprint(entries: Sequence[Entry]) -> str:
-    """Cheap identity of a layer's inputs: paths, kinds, modes and file stats (size, mtime_ns).
+    """Cheap identity of a layer's inputs: paths, kinds, modes and file stats (_stat_key).
     A touched-but-equal file costs one rebuild of a small layer, never a wrong one."""
     h = hashlib.sha256()
     for e in sorted(entries, key=lambda e: e.path):
@@ -121,8 +129,7 @@ def _fingerprint(entries: Sequence[Entry]) -> str:
         if isinstance(e.source, bytes):
             h.update(hashlib.sha256(e.source).digest())
         elif e.source is not None:
-            st = os.stat(e.source)
-            h.update(f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0".encode())
+            h.update(_stat_key(os.stat(e.source)))
     return h.hexdigest()
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -328,3 +329,45 @@ def test_split_env_rules(tmp_path: Path) -> None:
     capped = split_env(entries, root, "/env", python_minor="3.11", min_bytes=2000, max_layers=1)
     assert [p.dist for p in capped] == ["big-pkg", None]
     assert [p.dist for p in split_env(entries, root, "/env", python_minor="3.11", min_bytes=10**9)] == [None]
+
+
+def _rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """What cp -p / rsync -t / an archive with fixed timestamps do: same inode, size and mtime."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:  # in place: the inode stays
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_file_rewritten_with_same_size_and_mtime_rebuilds_its_layer(setup) -> None:
+    model, lock, options, tmp = setup
+    weights = model / "weights.bin"
+    weights.write_bytes(b"\x01" * 4096)
+    first = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    _rewrite_keeping_size_and_mtime(weights, b"\x02" * 4096)  # new weights of the same shape
+    second = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    layers = _manifest(tmp / "out", second.digest)["layers"]
+    assert second.digest != first.digest
+    shipped = {m: data for m, (_, data) in
+               ((n, v) for l in layers[-2:] for n, v in _layer_members(tmp / "out", l["digest"]).items())}
+    assert shipped["opt/mlbuild/model/weights.bin"] == b"\x02" * 4096  # not the stale cached layer
+
+
+def test_big_unrecorded_env_file_rewritten_in_place_rebuilds_its_layer(setup) -> None:
+    model, lock, options, tmp = setup
+    big = options.envs.model_env / "lib/python3.11/site-packages/blob.bin"
+    size = (1 << 20) + 1  # above the hash-by-content limit: identified by stat
+    big.write_bytes(b"\x01" * size)
+    first = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    _rewrite_keeping_size_and_mtime(big, b"\x02" * size)
+    # Another lock (so not the whole-env group cache, which trusts a lock's env as written once):
+    # the part's own key must see the new bytes.
+    other_lock = dataclasses.replace(lock, digest="sha256:" + "3" * 64)
+    second = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), other_lock, options)
+    assert second.digest != first.digest
+    layers = _manifest(tmp / "out", second.digest)["layers"]
+    members = _layer_members(tmp / "out", layers[4]["digest"])
+    assert members["opt/mlbuild/model-env/lib/python3.11/site-packages/blob.bin"][1][:1] == b"\x02"
