@@ -90,6 +90,8 @@ _ALLOWED: dict[str, str] = {
     "exclude": "a list of glob strings, e.g. ['data/raw/**']",
     "port": "an integer from 1 to 65535",
 }
+_GLOB_HINT = ("globs use * and ? (within one path part), ** (across parts) and [abc], [a-z], [!abc] "
+              "classes with ranges written low-high; for a literal '[' write '[[]'")
 
 
 def _sanitize_name(text: str) -> str:
@@ -208,6 +210,18 @@ class ModelSpec(BaseModel):
             if not _LABEL_KEY_RE.match(key):
                 raise ValueError(f"{key!r} is not a valid label key")
         return tuple(sorted(v))
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from ._files import check_glob  # _files imports this module: import at call time
+
+        for pattern in v:
+            try:
+                check_glob(pattern)
+            except ValueError as exc:
+                raise ValueError(f"{pattern!r} is not a valid glob: {exc}") from None
+        return v
 
     @property
     def resolved_base_image(self) -> str:
@@ -405,13 +419,25 @@ def _requirements_source(
         return RequirementsSource(
             kind="requirements.txt", path=txt, requirements=_unique(_read_requirements_file(txt))
         )
-    if pyproject is not None and "dependencies" in pyproject.get("project", {}):
+    if pyproject is not None and "dependencies" in _subtable(pyproject, "project", directory / PYPROJECT):
         return _pyproject_requirements(directory / PYPROJECT, pyproject)
     return RequirementsSource(kind="none")
 
 
+def _subtable(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """``data[key]`` when it is a table, {} when absent; a ConfigError for any other type (a
+    pyproject.toml with ``tool = "mlbuild"`` is valid TOML but not a usable file)."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path}: bad value for {key!r}: got {_type_name(value)} {value!r}; expected a table",
+            hint=f"write it as a [{key}] table (or remove the key)",
+        )
+    return value
+
+
 def _pyproject_requirements(path: Path, data: dict[str, Any]) -> RequirementsSource:
-    deps = data.get("project", {}).get("dependencies", [])
+    deps = _subtable(data, "project", path).get("dependencies", [])
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         raise ConfigError(
             f"{path}: bad value for 'project.dependencies': expected a list of requirement strings",
@@ -448,12 +474,16 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
         config_file = directory / CONFIG_FILE
         raw = _read_toml(config_file)
         where = str(config_file)
-    elif pyproject is not None and "mlbuild" in pyproject.get("tool", {}):
+    elif pyproject is not None and "mlbuild" in _subtable(pyproject, "tool", pyproject_path):
         config_file = pyproject_path
         raw = pyproject["tool"]["mlbuild"]
         where = f"{pyproject_path} [tool.mlbuild]"
         if not isinstance(raw, dict):
-            raise ConfigError(f"{pyproject_path}: [tool.mlbuild] must be a table")
+            raise ConfigError(
+                f"{pyproject_path}: bad value for 'tool.mlbuild': got {_type_name(raw)} {raw!r}; "
+                "expected a table",
+                hint="write the settings under a [tool.mlbuild] table",
+            )
     table = _validate_table(raw, where)
 
     requirements = _requirements_source(directory, table.requirements, where, pyproject)
@@ -497,7 +527,7 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
-        raise ConfigError(
-            f"{origin.get(key, key)}: bad value{shown}: {msg}",
-            hint=f"{key} must be {_ALLOWED.get(key, 'valid')}",
-        ) from None
+        hint = f"{key} must be {_ALLOWED.get(key, 'valid')}"
+        if key in ("include", "exclude"):
+            hint = f"fix the pattern: {_GLOB_HINT}"
+        raise ConfigError(f"{origin.get(key, key)}: bad value{shown}: {msg}", hint=hint) from None

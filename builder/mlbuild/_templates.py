@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from . import __version__
-from ._errors import BuildError, ConfigError
+from ._errors import BuildError, ConfigError, MlbuildError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._lock import Lock
@@ -128,6 +128,25 @@ def _dockerfile_quote(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
+def _where(path: Path, exc: BaseException) -> str:
+    """``path:line`` using the template line Jinja put in the traceback, else just ``path``.
+
+    Jinja rewrites tracebacks so a frame points at the template line being run; the filename is
+    "<template>" for a template made from a string (the model's) or the file for a loaded one."""
+    line, name = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename == "<template>" or filename.endswith(".j2"):
+            line, name = tb.tb_lineno, filename
+        tb = tb.tb_next
+    if line is None:
+        return str(path)
+    if name != "<template>":
+        path = Path(name)
+    return f"{path}:{line}"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -213,14 +232,30 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
     layout = context_layout or ContextLayout()
     env = _environment()
     custom = model_template_path(spec)
+    if custom is not None:
+        try:
+            source = custom.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            lineno = exc.object[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{custom}:{lineno}: Dockerfile template is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x})",
+                hint="save the template as UTF-8 text",
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read Dockerfile template {custom}: {exc.strerror}",
+                hint="check that it is a readable file",
+            ) from None
     try:
         if custom is not None:
-            template = env.from_string(custom.read_text(encoding="utf-8"))
+            template = env.from_string(source)
         else:
             template = env.get_template("Dockerfile.j2")
         text = template.render(**image_variables(spec, lock, layout))
+    except MlbuildError:
+        raise  # already says what is wrong (e.g. the dq filter refusing a newline)
     except jinja2.TemplateSyntaxError as exc:
-        where = custom if custom is not None else templates_dir() / (exc.name or "Dockerfile.j2")
+        where = exc.filename or (custom if custom is not None else templates_dir() / (exc.name or "Dockerfile.j2"))
         raise ConfigError(
             f"{where}:{exc.lineno}: Dockerfile template syntax error: {exc.message}",
             hint="fix the template; it should start with {% extends \"Dockerfile.j2\" %} and override blocks",
@@ -228,8 +263,27 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
     except jinja2.UndefinedError as exc:
         where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
         raise ConfigError(
-            f"{where}: Dockerfile template uses an unknown variable: {exc.message}",
+            f"{_where(where, exc)}: Dockerfile template uses an unknown variable: {exc.message}",
             hint="see templates/README.md for the variables a template may use",
+        ) from None
+    except jinja2.TemplateNotFound as exc:
+        where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
+        raise ConfigError(
+            f"{_where(where, exc)}: Dockerfile template names a template that does not exist: {exc.name!r}",
+            hint="extend or include \"Dockerfile.j2\" (mlbuild's template); other names are not found",
+        ) from None
+    except jinja2.TemplateError as exc:
+        where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
+        raise ConfigError(
+            f"{_where(where, exc)}: Dockerfile template failed: {exc.message or type(exc).__name__}",
+            hint="fix the template; see templates/README.md",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any error raised while running the model's template
+        if custom is None:
+            raise  # an error in mlbuild's own template is a bug: keep the traceback
+        raise ConfigError(
+            f"{_where(custom, exc)}: Dockerfile template failed: {type(exc).__name__}: {exc}",
+            hint="fix the expression on that line of the template; see templates/README.md",
         ) from None
     # Blank runs left by skipped blocks carry no meaning; one blank line between steps reads best.
     lines: list[str] = []

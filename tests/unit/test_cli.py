@@ -2,6 +2,7 @@
 code, and real runs of the commands that need no Docker engine."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,92 @@ def test_predict_reports_a_failing_load():
     out = mlbuild("predict", str(MODELS / "load_raises"), "--input", "1")
     assert out.returncode == 7
     assert "load failed" in out.stderr.splitlines()[-2] or "load failed" in out.stderr
+
+
+def test_bad_glob_in_the_config_is_one_clear_line():
+    out = mlbuild("dockerfile", str(PROJECTS / "bad-glob"))
+    assert out.returncode == 2, out.stderr
+    first = out.stderr.splitlines()[0]
+    assert first.startswith(f"error: {PROJECTS / 'bad-glob' / 'mlbuild.toml'}: key 'exclude': ")
+    assert "'[z-a]'" in first and "Traceback" not in out.stderr
+    assert "hint: " in out.stderr
+
+
+UNWRITABLE = ["file-as-parent"] + (["/proc/x"] if Path("/proc/self").is_dir() else [])
+
+
+@pytest.mark.parametrize("where", UNWRITABLE)
+def test_init_where_nothing_can_be_written_is_a_config_error(tmp_path, where):
+    if where == "file-as-parent":
+        (tmp_path / "file").write_text("")
+        where = str(tmp_path / "file" / "model")
+    out = mlbuild("init", where)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"error: mlbuild init: cannot create {where}: ")
+    assert "Traceback" not in out.stderr and "hint: " in out.stderr
+
+
+def _fail_on_third_write(monkeypatch):
+    real = Path.write_text
+    calls = []
+
+    def write_text(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_init_failing_midway_leaves_no_new_directory(tmp_path, monkeypatch):
+    from mlbuild import ConfigError
+    from mlbuild._scaffold import scaffold
+
+    _fail_on_third_write(monkeypatch)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        scaffold(tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the staging directory
+
+
+def test_init_into_an_existing_directory_is_all_or_nothing(tmp_path, monkeypatch):
+    from mlbuild import ConfigError
+    from mlbuild._scaffold import scaffold
+
+    target = tmp_path / "existing"
+    (target / "artifacts").mkdir(parents=True)
+    (target / "README.md").write_text("mine\n")
+    (target / "artifacts" / "weights.bin").write_text("w")
+    before = sorted(p.relative_to(target).as_posix() for p in target.rglob("*"))
+
+    with monkeypatch.context() as patch:
+        _fail_on_third_write(patch)
+        with pytest.raises(ConfigError):
+            scaffold(target)
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == before
+
+    # A failure while moving the files in (after some are in) is rolled back too.
+    real_link = os.link
+    links = []
+
+    def link(src, dst, *args, **kwargs):
+        links.append(dst)
+        if len(links) == 3:
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_link(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "link", link)
+        with pytest.raises(ConfigError, match="Permission denied"):
+            scaffold(target)
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == before
+
+    created = scaffold(target)
+    assert [p.relative_to(target).as_posix() for p in created] == [
+        "predict.py", "requirements.txt", "mlbuild.toml", "artifacts/greeting.txt"]
+    assert (target / "README.md").read_text() == "mine\n"
+    assert (target / "artifacts" / "weights.bin").read_text() == "w"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "README.md", "artifacts", "mlbuild.toml", "predict.py", "requirements.txt"]
+    with pytest.raises(ConfigError, match="already exists"):
+        scaffold(target)

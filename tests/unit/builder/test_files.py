@@ -119,3 +119,80 @@ def test_output_does_not_depend_on_creation_order(tmp_path):
     assert first == second
     assert as_posix(first.code) == ["a/z.py", "c.py", "predict.py"]
     assert as_posix(first.artifacts) == ["B.bin", "a/y.bin", "b/x.bin"]
+
+
+def test_symlink_to_a_secret_or_excluded_file_is_left_out(tmp_path):
+    root = make(tmp_path / "m", [
+        "predict.py", ".env", ".ssh/id_rsa", "raw/data.csv", "__pycache__/x.pyc", "real.bin",
+        ".config/gcloud/adc.json",
+    ], config='exclude = ["raw"]\ninclude = ["settings.txt"]\n')
+    links = {
+        "settings.txt": ".env",  # named exactly by include: still must not re-include the target
+        "weights.bin": ".ssh/id_rsa",
+        "data.csv": "raw/data.csv",
+        "cache.bin": "__pycache__/x.pyc",
+        "gcp.json": ".config/gcloud/adc.json",
+        "alias.bin": "real.bin",
+        "sub/deep.bin": "../.env",
+    }
+    for link, target in links.items():
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / link)
+    os.symlink(root / ".env", root / "absolute.txt")
+    files = select_model_files(load_spec(root))
+    excluded = dict((p.as_posix(), why) for p, why in files.excluded)
+    for link in ["settings.txt", "weights.bin", "data.csv", "cache.bin", "gcp.json", "sub/deep.bin"]:
+        assert excluded[link] == f"symlink to an excluded file: {os.path.normpath(Path(link).parent / links[link])}"
+    assert excluded["absolute.txt"] == "symlink to an excluded file: .env"
+    assert as_posix(files.artifacts) == ["alias.bin", "real.bin"]
+
+
+def test_symlink_to_a_file_the_include_list_takes_back_is_kept(tmp_path):
+    root = make(tmp_path / "m", ["predict.py", "raw/keep.csv", "tokenizer.key"],
+                config='exclude = ["raw"]\ninclude = ["raw/keep.csv", "tokenizer.key"]\n')
+    os.symlink("raw/keep.csv", root / "keep.csv")
+    os.symlink("tokenizer.key", root / "tok.bin")
+    files = select_model_files(load_spec(root))
+    assert as_posix(files.artifacts) == ["keep.csv", "raw/keep.csv", "tok.bin", "tokenizer.key"]
+
+
+@pytest.mark.parametrize("secret", [
+    ".docker/config.json", ".kube/config", ".azure/accessTokens.json", ".config/gcloud/credentials.db",
+    "nested/.config/gcloud/x", ".gnupg/pubring.kbx", ".git-credentials", "credentials", "aws/credentials",
+    "cert.p12", "cert.pfx", "store.jks", "release.keystore", ".npmrc", ".streamlit/secrets.toml",
+    "my-service-account-key.json", "service-account.json", ".htpasswd",
+])
+def test_common_credential_files_are_never_baked(tmp_path, secret):
+    root = make(tmp_path / "m", ["predict.py", secret, ".config/other.txt"], config='include = ["**"]\n')
+    files = select_model_files(load_spec(root))
+    assert as_posix(files.artifacts) == [".config/other.txt"]
+    reasons = {why for _, why in files.excluded}
+    assert reasons == {"may hold secrets (never baked)"}
+
+
+@pytest.mark.parametrize("pattern,path,expected", [
+    ("[]", "[]", True), ("data/[!]", "data/[!]", True), ("[]a].txt", "].txt", True),
+    ("[]a].txt", "a.txt", True), ("[!]].txt", "x.txt", True), ("[!]].txt", "].txt", False),
+    ("[[]x", "[x", True), ("a[!b]c", "a/c", False), ("[\\]", "\\", True), ("[a-c]", "b", True),
+])
+def test_brackets_like_fnmatch(pattern, path, expected):
+    assert glob_match(pattern, path) is expected
+
+
+@pytest.mark.parametrize("key,pattern", [("exclude", "[z-a]"), ("include", "data/[9-0].csv"), ("exclude", "")])
+def test_bad_glob_is_a_config_error_at_load(tmp_path, key, pattern):
+    from mlbuild._errors import ConfigError
+
+    root = make(tmp_path / "m", ["predict.py"], config=f'{key} = ["*.bin", {pattern!r}]\n')
+    with pytest.raises(ConfigError) as info:
+        load_spec(root)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'mlbuild.toml'}: key {key!r}: ")
+    assert repr(pattern) in message and "not a valid glob" in message
+    assert "[[]" in info.value.hint
+
+
+@pytest.mark.parametrize("pattern", ["[]", "data/[!]"])
+def test_unclosed_bracket_globs_load_and_select(tmp_path, pattern):
+    root = make(tmp_path / "m", ["predict.py", "a.bin"], config=f'exclude = [{pattern!r}]\n')
+    assert as_posix(select_model_files(load_spec(root)).artifacts) == ["a.bin"]

@@ -272,3 +272,27 @@ def test_toml_error_at_end_of_file_names_the_last_line(tmp_path):
     root = make(tmp_path, {"predict.py": PREDICT, "mlbuild.toml": 'name = "x"\nport = 1\nversion'})
     with pytest.raises(ConfigError, match=r"mlbuild.toml:3: TOML syntax error: .*\(at end of file\)"):
         load_spec(root)
+
+
+@pytest.mark.parametrize("pyproject,key,got", [
+    ('tool = "mlbuild"\n', "'tool'", "string 'mlbuild'"),
+    ('project = "dependencies"\n', "'project'", "string 'dependencies'"),
+    ("tool = [1, 2]\n", "'tool'", "array [1, 2]"),
+    ("[tool]\nmlbuild = 3\n", "'tool.mlbuild'", "integer 3"),
+])
+def test_pyproject_tables_of_the_wrong_type_name_file_and_key(tmp_path, pyproject, key, got):
+    root = make(tmp_path, {"predict.py": PREDICT, "pyproject.toml": pyproject})
+    with pytest.raises(ConfigError) as info:
+        load_spec(root)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'pyproject.toml'}: bad value for {key}: got {got}; expected a table")
+    assert info.value.hint
+
+
+def test_requirements_key_naming_a_pyproject_whose_project_is_not_a_table(tmp_path):
+    root = make(tmp_path, {
+        "predict.py": PREDICT, "mlbuild.toml": 'requirements = "deps/pyproject.toml"\n',
+        "deps/pyproject.toml": 'project = "x"\n',
+    })
+    with pytest.raises(ConfigError, match=r"deps/pyproject.toml: bad value for 'project'"):
+        load_spec(root)

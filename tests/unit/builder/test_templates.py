@@ -205,3 +205,38 @@ def test_dockerfile_for_an_example(tmp_path):
     assert f'"io.mlbuild.lock-digest"="sha256:{hashlib.sha256(lock_text).hexdigest()}"' in text
     assert "FROM mlbuild-test/python:3.11-bookworm" in text and "COPY model/artifacts/" in text
     assert 'MLBUILD_ENTRYPOINT="predict:Model"' in text
+
+
+def test_model_template_extending_a_missing_template_names_the_file(tmp_path):
+    model = _model(tmp_path, MINIMAL, {"Dockerfile.j2": '{% extends "nope.j2" %}\n'})
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile(load_spec(model), _lock(model))
+    assert str(info.value).startswith(str(model / "Dockerfile.j2"))
+    assert "'nope.j2'" in str(info.value) and "does not exist" in str(info.value)
+    assert info.value.hint
+
+
+def test_model_template_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    model = _model(tmp_path, MINIMAL)
+    (model / "Dockerfile.j2").write_bytes(b'{% extends "Dockerfile.j2" %}\n# caf\xe9\n')
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile(load_spec(model), _lock(model))
+    assert str(info.value).startswith(f"{model / 'Dockerfile.j2'}:2: ")
+    assert "UTF-8" in str(info.value) and "0xe9" in str(info.value)
+
+
+@pytest.mark.parametrize("expression,words", [
+    ("{{ 1 // 0 }}", ["ZeroDivisionError"]),  # a Python error raised while rendering
+    ('{{ "x" | no_such_filter }}', ["no_such_filter"]),  # a TemplateAssertionError, at compile time
+    ('{{ name.missing_method() }}', ["missing_method"]),  # UndefinedError from a call
+    ('{% raise_error %}', ["raise_error"]),  # unknown tag: a syntax error
+])
+def test_model_template_runtime_errors_name_the_file_and_line(tmp_path, expression, words):
+    template = '{% extends "Dockerfile.j2" %}\n{% block code %}\n' + expression + "\n{% endblock %}\n"
+    model = _model(tmp_path, MINIMAL, {"Dockerfile.j2": template})
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile(load_spec(model), _lock(model))
+    assert str(info.value).startswith(f"{model / 'Dockerfile.j2'}:3: "), str(info.value)
+    for word in words:
+        assert word in str(info.value)
+    assert info.value.hint
