@@ -24,6 +24,7 @@ NoWheelError naming the package.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import re
@@ -110,10 +111,16 @@ def install_env(
         _scrub(site)
         _rewrite_scripts(root, site, env_path_in_image)
 
-        if target.exists() or target.is_symlink():
-            old = work / "old"
-            target.rename(old)
-        root.rename(target)
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            target.rename(work / "old")  # not an env: nothing can be reading it
+        try:
+            root.rename(target)
+        except OSError as exc:
+            # Another build of the same lock published first: the key is the lock's digest,
+            # so its env has our content, and it may be streaming it into an image right now.
+            # Keep it, drop ours (the finally below); an env dir is never moved or deleted.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+                raise
         return InstalledEnv(
             root=target,
             site_packages=target / "lib" / f"python{python}" / "site-packages",

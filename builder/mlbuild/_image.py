@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ._backends import Backend, BuildOptions, EnvDirs, ImageResult, ProgressCallback
-from ._errors import BuildError
+from ._errors import BuildError, ConfigError
 from ._runner import Runner
 
-__all__ = ["build_image", "cache_root", "installed_env", "default_tag"]
+__all__ = ["build_image", "cache_root", "check_tag", "installed_env", "default_tag"]
 
 SERVER_ENV_PATH = "/opt/mlbuild/server-env"
 MODEL_ENV_PATH = "/opt/mlbuild/model-env"
@@ -72,6 +72,29 @@ def installed_env(
     return final
 
 
+def check_tag(tag: str) -> None:
+    """Refuse a --tag docker would refuse (its reference grammar, name[:tag], no digest), before
+    any work: the engine would otherwise reject it only once the context is being sent."""
+    from ._oci.reference import DEFAULT_REGISTRY_ENV, parse_reference
+
+    why = None
+    if tag != tag.strip() or not tag:
+        why = "it is empty or has spaces around it"
+    elif "@" in tag:
+        why = "a build names a tag, not a digest (drop the @...)"
+    else:
+        try:  # any registry will do: only the grammar is checked, nothing is resolved
+            parse_reference(tag, env={DEFAULT_REGISTRY_ENV: "localhost"})
+        except ConfigError as exc:
+            why = str(exc).split(": ", 1)[-1]
+    if why is not None:
+        raise ConfigError(
+            f"--tag {tag!r} is not a valid image name: {why}",
+            hint="write it as [registry/]repository[:tag]: a lowercase repository (letters, digits, . _ -, "
+            "parts separated by /) and a tag of letters, digits, _ . - (at most 128), e.g. mymodel:1.0",
+        )
+
+
 def default_tag(name: str, version: str) -> str:
     return f"{name}:{version}"
 
@@ -119,6 +142,8 @@ def build_image(
     from ._spec import SpecOverrides, load_spec
 
     started = time.monotonic()  # seconds in the result cover the whole build, lock included
+    if tag is not None:
+        check_tag(tag)  # before the lock and the installs, which cost minutes
     platform = str(parse_platform(platform))
     say: ProgressCallback = (lambda _line: None) if quiet or progress is None else progress
     runner = runner or SubprocessRunner()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import RunError
+from ._errors import ConfigError, RunError
 
 __all__ = ["RunningContainer", "run_image", "predict_in_image", "stop_container"]
 
@@ -78,11 +78,16 @@ def run_image(
     try:
         attrs = client.images.get(image).attrs
     except docker.errors.ImageNotFound:
-        raise RunError(f"image {image} is not in the local engine", hint=f"build it first: mlbuild build ... --tag {image}") from None
+        raise RunError(f"image {image} is not in the local engine", hint=f"build it first: mlbuild image DIR -t {image}") from None
+    except docker.errors.APIError as exc:  # e.g. "invalid reference format": not a name at all
+        raise ConfigError(
+            f"{image!r} is not an image the engine can look up: {_explanation(exc)}",
+            hint="name a built image (lowercase, as given to `mlbuild image DIR -t TAG`) or a model directory",
+        ) from None
     if container_port is None:
         container_port = _image_port(attrs)
     try:
-        container = client.containers.run(
+        container = client.containers.create(
             image,
             detach=True,
             environment=dict(env or {}),
@@ -90,7 +95,19 @@ def run_image(
             labels={"io.mlbuild.run": "1"},
         )
     except docker.errors.APIError as exc:
-        raise RunError(f"could not start {image}: {exc.explanation or exc}", hint="is the port already in use?") from None
+        raise RunError(f"could not create a container from {image}: {_explanation(exc)}") from None
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        # Created but not started (the host port is taken, ...): never leave it behind.
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError:
+            pass
+        raise RunError(
+            f"could not start {image}: {_explanation(exc)}",
+            hint="is the host port already in use? choose another with --port, or leave it out for a free one",
+        ) from None
     try:
         url = f"http://127.0.0.1:{_host_port(container, container_port)}"
         _wait_ready(container, url, timeout)
@@ -98,6 +115,12 @@ def run_image(
         stop_container(container.id, client_factory=lambda: client)
         raise
     return RunningContainer(url=url, container_id=container.id)
+
+
+def _explanation(exc: Any) -> str:
+    """The engine's own sentence, on one line."""
+    text = str(getattr(exc, "explanation", None) or exc)
+    return " ".join(text.split())
 
 
 def _image_port(attrs: Mapping[str, Any]) -> int:

@@ -7,6 +7,7 @@ the lock's digest - the same separation an image has.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -53,7 +54,7 @@ def isolated_python(directory: Path, *, runner: Runner | None = None) -> str:
         uv = uv_binary()
         runner.run([uv, "venv", "--quiet", "--relocatable", "--python", spec.python, str(tmp)])
         runner.run([uv, "pip", "sync", "--quiet", "--python", str(tmp / "bin" / "python"), str(lock.path)])
-        os.replace(tmp, venv)
+        _publish(tmp, venv)
     except CommandFailed as exc:
         raise LockError(
             f"could not create the isolated environment for {directory} from {lock.path}",
@@ -64,6 +65,20 @@ def isolated_python(directory: Path, *, runner: Runner | None = None) -> str:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(python)
+
+
+def _publish(tmp: Path, venv: Path) -> None:
+    """Rename the finished venv into place. When another process published the same key first
+    (same lock digest: same content, and it may be running from it), keep theirs; the caller
+    removes ``tmp``."""
+    try:
+        tmp.rename(venv)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (venv / "bin" / "python").exists():
+            raise RunError(
+                f"could not put the isolated environment in place at {venv}: {exc.strerror or exc}",
+                hint=f"remove {venv} and try again",
+            ) from None
 
 
 def _server_argv(directory: Path, python: str, entrypoint: str, host, port, workers) -> list[str]:
@@ -115,10 +130,32 @@ def predict_once(target: str, input_json: str, *, isolated: bool = False) -> str
         ) from None
     if Path(target).is_dir():
         return _predict_in_directory(Path(target), input_json.encode(), isolated=isolated)
+    if _looks_like_a_path(target):
+        raise ConfigError(
+            f"no model directory at {target}",
+            hint="give an existing model directory (with predict.py), or an image built by `mlbuild image DIR -t TAG`",
+        )
     from ._run import predict_in_image
 
     output = predict_in_image(target, input_json)
     return output if isinstance(output, str) else json.dumps(output)
+
+
+def _looks_like_a_path(target: str) -> bool:
+    """TARGET meant as a model directory: ./m, ../m, /abs/m, m/, a file, or a name with a "/"
+    that no image reference could be. Saying "no image ./m" would point the wrong way; an image
+    name never starts with "." or "/", and registry/team/model:1 is still an image."""
+    from ._oci.reference import DEFAULT_REGISTRY_ENV, parse_reference
+
+    if target.startswith((".", "/", "~")) or target.endswith("/") or Path(target).exists():
+        return True
+    if "/" not in target:
+        return False
+    try:
+        parse_reference(target, env={DEFAULT_REGISTRY_ENV: "localhost"})
+    except ConfigError:
+        return True
+    return False
 
 
 def _predict_in_directory(directory: Path, body: bytes, *, isolated: bool) -> str:

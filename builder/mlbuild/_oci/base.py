@@ -194,7 +194,7 @@ def read_oci_layout(directory: Path, tag: str | None, platform: Platform | None)
     ref = f"oci:{directory}" + (f":{tag}" if tag else "")
     layout_file = directory / "oci-layout"
     if not layout_file.is_file():
-        raise ConfigError(f"{directory}: not an OCI image layout (no oci-layout file)", hint="give a directory written by `skopeo copy ... oci:DIR` or `mlbuild build --output DIR`")
+        raise ConfigError(f"{directory}: not an OCI image layout (no oci-layout file)", hint="give a directory written by `skopeo copy ... oci:DIR` or `mlbuild image DIR --backend oci --output LAYOUT`")
     index = _parse_json(_read_small(directory / "index.json"), f"{directory / 'index.json'}")
     entries = list(index.get("manifests") or [])
     if tag is not None:

@@ -56,7 +56,7 @@ class Rootfs:
         added: list[tuple[str, tuple[str, str], bytes | None]] = []
         try:
             for m in tar:
-                path = posixpath.normpath("/" + m.name.lstrip("./")) if m.name not in (".", "./") else "/"
+                path = posixpath.normpath("/" + m.name.removeprefix("./").lstrip("/"))  # keep a name's own dots
                 name = posixpath.basename(path)
                 parent = posixpath.dirname(path)
                 if name == ".wh..wh..opq":
@@ -70,7 +70,7 @@ class Rootfs:
                 elif m.isdir():
                     kind = ("dir", "")
                 elif m.islnk():
-                    kind = ("hardlink", posixpath.normpath("/" + m.linkname.lstrip("./")))
+                    kind = ("hardlink", posixpath.normpath("/" + m.linkname.removeprefix("./").lstrip("/")))
                 else:
                     kind = ("file", "")
                 data = None

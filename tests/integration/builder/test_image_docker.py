@@ -171,3 +171,62 @@ def test_no_engine_is_engine_unavailable(monkeypatch, tmp_path):
         engine_client()
     assert str(info.value) == f"no Docker engine answers at unix://{tmp_path}/no-engine.sock"
     assert "DOCKER_HOST" in info.value.hint
+
+
+def test_context_file_that_cannot_be_read_is_a_build_error_naming_it(tmp_path):
+    """Against the real engine: the read error raised inside the streamed request body must come
+    out as itself, not as the engine 'stopped answering'."""
+    from mlbuild._backends import BuildOptions, EnvDirs
+    from mlbuild._backends.docker import DockerBackend
+    from mlbuild._context import BuildContext, ContextEntry
+
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"\0" * (3 << 20))  # past the first chunk: the request is under way
+    gone = tmp_path / "gone.bin"
+    context = BuildContext([
+        ContextEntry("Dockerfile", data=b"FROM scratch\nCOPY a.bin z.bin /\n"),
+        ContextEntry("a.bin", source=weights),
+        ContextEntry("z.bin", source=gone),
+    ])
+    options = BuildOptions(tag="mlbuild-test/unreadable:it", envs=EnvDirs(tmp_path, tmp_path, ""))
+    with pytest.raises(BuildError) as info:
+        DockerBackend().build_context(context, tag=options.tag, network_mode="none", options=options)
+    assert not isinstance(info.value, EngineUnavailableError)
+    assert str(info.value).startswith(f"{gone}: could not read it into the build context")
+
+
+def test_container_whose_start_fails_is_removed(docker_client, base_image):
+    """The host port is taken: the engine creates the container, then cannot start it. Nothing
+    may stay behind in "Created"."""
+    import socket
+
+    from mlbuild._run import run_image
+
+    def ours() -> set[str]:
+        return {c.id for c in docker_client.containers.list(all=True, filters={"label": "io.mlbuild.run=1"})}
+
+    before = ours()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RunError) as info:
+            run_image(base_image, port=port, timeout=5)
+    assert str(info.value).startswith(f"could not start {base_image}: ")
+    assert "\n" not in str(info.value) and "--port" in (info.value.hint or "")
+    assert ours() == before
+
+
+def test_predict_target_that_is_not_an_image_name_is_one_line(docker_client, tmp_path, monkeypatch):
+    from mlbuild._errors import ConfigError
+    from mlbuild._serve import predict_once
+
+    with pytest.raises(ConfigError) as info:
+        predict_once("UPPER:bad", "1")
+    assert str(info.value).startswith("'UPPER:bad' is not an image the engine can look up: ")
+    assert "\n" not in str(info.value) and "mlbuild image DIR -t TAG" in (info.value.hint or "")
+
+    with pytest.raises(RunError) as missing:
+        predict_once("mlbuild-test/never-built:nope", "1")
+    assert "mlbuild image DIR -t mlbuild-test/never-built:nope" in (missing.value.hint or "")
+

@@ -3,7 +3,9 @@ script. What is checked: network_mode, the env-image cache, the context sent, er
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import tarfile
 import textwrap
 
@@ -163,3 +165,144 @@ def test_engine_answers(monkeypatch):
         raise docker.errors.DockerException("nope")
 
     assert engine_answers(broken) is False
+
+
+class _BeforeSending(FakeAPI):
+    """Runs ``hook`` when the engine starts reading the context (as a file changes mid-build)."""
+
+    def __init__(self, client, hook):
+        super().__init__(client, [])
+        self.hook = hook
+
+    def build(self, *, fileobj, tag, **kwargs):
+        self.hook()
+        return super().build(fileobj=fileobj, tag=tag, **kwargs)
+
+
+def test_context_file_gone_while_streaming_is_a_build_error_naming_it(tmp_path):
+    spec, lock, options = _setup(tmp_path)
+    client = FakeClient()
+    predict = spec.directory / "predict.py"
+    client.api = _BeforeSending(client, predict.unlink)
+    with pytest.raises(BuildError) as info:  # not EngineUnavailableError: the engine is fine
+        DockerBackend(client_factory=lambda: client).build(spec, lock, dataclasses.replace(options, env_cache=False))
+    assert type(info.value) is BuildError
+    assert str(predict) in str(info.value) and "could not read it into the build context" in str(info.value)
+
+
+def test_context_file_that_shrinks_while_streaming_is_named(tmp_path, monkeypatch):
+    spec, lock, options = _setup(tmp_path)
+    predict = spec.directory / "predict.py"
+    real_fstat = os.fstat
+
+    def fstat_at_open(fd):  # the size when opened; the file then loses 10 bytes before the read
+        st = real_fstat(fd)
+        if os.path.samestat(st, os.stat(predict)):
+            return os.stat_result((*tuple(st)[:6], st.st_size + 10, *tuple(st)[7:10]))
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat_at_open)
+    client = FakeClient()
+    with pytest.raises(BuildError, match="changed size while being sent") as info:
+        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    assert str(info.value).startswith(f"{predict}:")
+
+
+def test_connection_dropped_by_an_engine_that_still_answers_is_a_build_error(tmp_path):
+    import requests
+
+    spec, lock, options = _setup(tmp_path)
+    client = FakeClient()
+
+    def refuse():
+        raise requests.exceptions.ConnectionError("Connection aborted.", BrokenPipeError(32, "Broken pipe"))
+
+    client.api = _BeforeSending(client, refuse)
+    with pytest.raises(BuildError, match="closed the connection during the build of") as info:
+        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    assert type(info.value) is BuildError
+
+    pings = []
+
+    def gone_after_the_first_ping():  # answered when the build began, then stopped
+        pings.append(1)
+        if len(pings) > 1:
+            raise docker.errors.DockerException("connection refused")
+
+    client.ping = gone_after_the_first_ping
+    with pytest.raises(EngineUnavailableError, match="stopped answering"):
+        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+
+
+@pytest.mark.parametrize("tag", ["Bad Tag", "UPPER:1", "m:bad tag", "m@sha256:" + "a" * 64, " m:1", ""])
+def test_bad_tag_is_refused_before_anything_runs(tmp_path, tag):
+    from mlbuild._errors import ConfigError
+    from mlbuild._image import build_image
+
+    class NoRunner:
+        def run(self, *a, **k):
+            pytest.fail("a program ran before the tag was checked")
+
+    with pytest.raises(ConfigError) as info:
+        build_image(tmp_path / "nothing-here", tag=tag, runner=NoRunner(), backend=object())
+    assert f"--tag {tag!r}" in str(info.value) and info.value.hint
+
+
+@pytest.mark.parametrize("target", ["./nope", "../models/nope", "/no/such/model", "models/My Model", "models/"])
+def test_predict_target_that_looks_like_a_path_is_not_taken_for_an_image(tmp_path, monkeypatch, target):
+    from mlbuild._errors import ConfigError
+    from mlbuild._serve import predict_once
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # never asked
+    with pytest.raises(ConfigError) as info:
+        predict_once(target, "1")
+    assert str(info.value) == f"no model directory at {target}"
+
+
+def test_predict_target_that_is_a_file_is_not_a_model_directory(tmp_path, monkeypatch):
+    from mlbuild._errors import ConfigError
+    from mlbuild._serve import predict_once
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "predict.py").write_text("")
+    with pytest.raises(ConfigError, match="^no model directory at predict.py$"):
+        predict_once("predict.py", "1")
+
+
+def _dockerignore_drops(pattern: str, name: str) -> bool:
+    """Docker's .dockerignore rule: a pattern (** any depth, * and ? within a part) drops a
+    path it matches and everything under a directory it matches."""
+    import re
+
+    rx = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            rx, i = rx + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            rx, i = rx + ".*", i + 2
+        else:
+            rx += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    parts = name.split("/")
+    return any(re.fullmatch(rx, "/".join(parts[:n])) for n in range(1, len(parts) + 1))
+
+
+def test_dockerignore_drops_nothing_the_model_files_chose(tmp_path):
+    """What select_model_files chose (here taken back by include) is what the image gets, as
+    with the oci backend; an engine that applies .dockerignore (BuildKit) must not drop it."""
+    from mlbuild._templates import render_dockerignore
+
+    spec, lock, options = _setup(tmp_path, 'include = ["**/__pycache__/**", "**/*.pyc", "**/.DS_Store"]\n')
+    for rel in ("pkg/__pycache__/m.cpython-311.pyc", "m.pyc", ".DS_Store"):
+        (spec.directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        (spec.directory / rel).write_bytes(b"x")
+    spec = load_spec(spec.directory)
+    client = FakeClient()
+    DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    sent = [n for n in client.api.calls[-1]["names"] if n.startswith("model/")]
+    for rel in ("pkg/__pycache__/m.cpython-311.pyc", "m.pyc", ".DS_Store"):  # code or artefact
+        assert f"model/code/{rel}" in sent or f"model/artifacts/{rel}" in sent, rel
+    patterns = [line.strip() for line in render_dockerignore().splitlines() if line.strip() and not line.startswith("#")]
+    assert [(p, n) for p in patterns for n in sent if _dockerignore_drops(p, n)] == []

@@ -119,12 +119,34 @@ def test_layout_scripts_and_scrubbing(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp dir gone
 
 
-def test_existing_target_is_replaced(tmp_path):
-    (tmp_path / "env" / "stale").mkdir(parents=True)
-    install_env(tmp_path / "lock", tmp_path / "env", python="3.11", platform=AMD, env_path_in_image="/e",
-                runner=FakeRunner(fake_uv(FakeDist("six", "1.17.0"))))
-    assert not (tmp_path / "env" / "stale").exists()
-    assert (tmp_path / "env" / "lib" / "python3.11" / "site-packages" / "six").is_dir()
+def test_env_published_first_by_another_build_is_kept(tmp_path):
+    """Two builds of the same uncached lock: the one that finishes second keeps the first one's
+    env (same key, same content; it may be streaming into an image) and drops its own."""
+    target = tmp_path / "env"
+    uv = fake_uv(FakeDist("six", "1.17.0"))
+
+    def other_build_finishes_first(call):
+        result = uv(call)
+        (target / "lib").mkdir(parents=True)
+        (target / "lib" / "in-use").write_text("being read by the other build")
+        return result
+
+    runner = FakeRunner(other_build_finishes_first)
+    env = install_env(tmp_path / "lock", target, python="3.11", platform=AMD, env_path_in_image="/e", runner=runner)
+    before = (target / "lib" / "in-use").stat().st_ino
+    assert (target / "lib" / "in-use").read_text() == "being read by the other build"  # not moved aside
+    assert (target / "lib" / "in-use").stat().st_ino == before
+    assert env.root == target and env.packages == (("six", "1.17.0"),)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # our copy dropped
+
+
+def test_stale_file_or_empty_dir_at_the_target_is_replaced(tmp_path):
+    for stale in ("file", "empty-dir"):
+        target = tmp_path / stale
+        target.write_text("x") if stale == "file" else target.mkdir()
+        install_env(tmp_path / "lock", target, python="3.11", platform=AMD, env_path_in_image="/e",
+                    runner=FakeRunner(fake_uv(FakeDist("six", "1.17.0"))))
+        assert (target / "lib" / "python3.11" / "site-packages" / "six").is_dir()
 
 
 def test_wheel_built_from_sdist_for_the_host_is_refused(tmp_path):
@@ -185,3 +207,35 @@ def test_target_tags():
             "cp310-abi3-manylinux2014_aarch64"} <= tags
     assert not tags & {"cp311-cp311-manylinux_2_17_aarch64", "cp312-cp312-linux_aarch64",
                        "cp312-cp312-manylinux_2_17_x86_64", "cp313-abi3-manylinux_2_17_aarch64"}
+
+
+def test_isolated_venv_published_first_by_another_process_is_kept(tmp_path, monkeypatch):
+    """`mlbuild serve --isolated` twice at once for one lock: the second keeps the first's venv
+    (it may be running from it) instead of failing with "Directory not empty"."""
+    import mlbuild._lock
+    from mlbuild._lock import Lock
+    from mlbuild._platforms import Platform
+    from mlbuild._serve import isolated_python
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x: dict) -> dict:\n    return x\n")
+    (model / "mlbuild.toml").write_text('name = "m"\npython = "3.11"\n')
+    lock = Lock(path=model / "mlbuild.lock", python="3.11", platforms=(str(Platform.host()),), resolver="uv",
+                requirements_sha256="0" * 64, packages=(), digest="sha256:" + "4" * 64)
+    monkeypatch.setattr(mlbuild._lock, "ensure_lock", lambda *a, **k: lock)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    venv = tmp_path / "cache" / "mlbuild" / "venvs" / f"{'4' * 24}-py3.11"
+
+    def uv(call):
+        if call.args[1] == "venv":
+            (Path(call.args[-1]) / "bin").mkdir(parents=True)
+            (Path(call.args[-1]) / "bin" / "python").write_text("ours")
+        else:  # while we sync, the other process publishes the same venv
+            (venv / "bin").mkdir(parents=True)
+            (venv / "bin" / "python").write_text("theirs")
+        return 0, "", ""
+
+    python = isolated_python(model, runner=FakeRunner(uv))
+    assert python == str(venv / "bin" / "python") and Path(python).read_text() == "theirs"
+    assert [p.name for p in venv.parent.iterdir()] == [venv.name]  # our copy removed

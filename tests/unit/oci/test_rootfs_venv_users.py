@@ -106,3 +106,15 @@ def test_uid_taken_by_someone_else() -> None:
     taken = RootfsFacts(FACTS.python, FACTS.python_real, FACTS.home, PASSWD + b"app:x:10001:10001::/:/bin/sh\n", GROUP)
     with pytest.raises(BuildError, match=r"already has 'app' with id 10001"):
         user_entries(taken)
+
+
+def test_whiteout_of_a_top_level_dot_name(tmp_path: Path) -> None:
+    """A layer deleting /.hidden writes ".wh..hidden" at the root ("./.wh..hidden" with a ./
+    prefix, as tar -C dir . writes it): the leading dots are part of the name."""
+    added = layer_tar([("./.hidden", b"x"), ("./.profile", b"x"), ("./.keep", None)])
+    (tmp_path / "before").mkdir(), (tmp_path / "after").mkdir()
+    before = scan_rootfs(_base(tmp_path / "before", debian_like_layers() + [added]))
+    assert (before.kind("/.hidden"), before.kind("/.profile"), before.kind("/.keep")) == ("file", "file", "dir")
+    deleted = layer_tar([("./.wh..hidden", b""), (".wh..profile", b"")])
+    after = scan_rootfs(_base(tmp_path / "after", debian_like_layers() + [added, deleted]))
+    assert (after.kind("/.hidden"), after.kind("/.profile"), after.kind("/.keep")) == (None, None, "dir")
