@@ -120,12 +120,17 @@ class BuildContext:
         sink = _ChunkSink()
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             for entry in self.entries:
-                info, handle = self._tarinfo(entry)
                 try:
-                    tar.addfile(info, handle)
-                finally:
-                    if handle is not None:
-                        handle.close()
+                    info, handle = self._tarinfo(entry)
+                    try:
+                        tar.addfile(info, handle)
+                    finally:
+                        if handle is not None:
+                            handle.close()
+                except OSError as exc:
+                    # Named here, where the entry is known: raised as a bare OSError inside a
+                    # streamed request body it would look like the engine's connection failing.
+                    raise _read_error(entry, exc) from None
                 if sink.size >= _CHUNK:
                     yield sink.take()
         # Closing the archive wrote the end-of-archive blocks into the sink.
@@ -284,3 +289,17 @@ def full_context(env: BuildContext, app: BuildContext, dockerfile: str) -> Build
     merged += [e for e in app.entries if e.arcname not in ("Dockerfile", ".dockerignore")]
     merged.append(ContextEntry("Dockerfile", data=dockerfile.encode()))
     return BuildContext(merged, mtime=env.mtime)
+
+
+def _read_error(entry: ContextEntry, exc: OSError) -> BuildError:
+    path = exc.filename or entry.source or entry.arcname
+    if "unexpected end of data" in str(exc):  # tarfile: fewer bytes than the header said
+        return BuildError(
+            f"{path}: changed size while being sent to the Docker engine",
+            hint="make sure nothing modifies the model or environment directories during the build",
+        )
+    return BuildError(
+        f"{path}: could not read it into the build context ({exc.strerror or exc})",
+        hint="check that the file exists and is readable, and that nothing modifies the model "
+        "or environment directories during the build",
+    )

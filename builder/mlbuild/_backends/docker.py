@@ -15,17 +15,16 @@ layers in the designed order. ``BuildOptions(env_cache=False)`` builds everythin
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .._context import BuildContext, ContextEntry, context_for_app, context_for_env, full_context
+from .._context import BuildContext, context_for_app, context_for_env, full_context
 from .._errors import BuildError, EngineUnavailableError
 from .._templates import MODEL_TEMPLATE_NAME, ContextLayout, render_dockerfile, render_dockerignore
 from . import BuildOptions, ImageResult
@@ -252,7 +251,7 @@ class DockerBackend:
             # A generator body goes out chunked while it is produced: no temp file, and the
             # engine unpacks the start of the context while the rest is still being read.
             stream = self.client.api.build(
-                fileobj=_context_stream(context),
+                fileobj=context.iter_tar(),
                 custom_context=True,
                 tag=tag,
                 network_mode=network_mode,
@@ -288,7 +287,7 @@ class DockerBackend:
                 details="\n".join(log[-_LOG_TAIL:]) or None,
             ) from None
         except (docker.errors.DockerException, OSError) as exc:
-            # Reading the context cannot land here (_context_stream turns that into a BuildError
+            # Reading the context cannot land here (BuildContext.iter_tar turns that into a BuildError
             # naming the file): this is the connection. An engine that still answers a ping
             # dropped this one request (it refused what it was sent), it did not stop.
             if _still_answers(self.client):
@@ -313,42 +312,6 @@ def _still_answers(client: Any) -> bool:
     except Exception:  # noqa: BLE001 - any failure to answer is "not answering"
         return False
     return True
-
-
-class _CurrentEntry:
-    """The context's entries, remembering the one being written so a read error can name it."""
-
-    def __init__(self, entries: tuple[ContextEntry, ...]) -> None:
-        self.entries, self.entry = entries, None
-
-    def __iter__(self) -> Iterator[ContextEntry]:
-        for entry in self.entries:
-            self.entry = entry
-            yield entry
-
-
-def _context_stream(context: BuildContext) -> Iterator[bytes]:
-    """``context.iter_tar()``, where a host file that cannot be read (missing, unreadable, or
-    shorter than when it was opened) is a BuildError naming it. Raised as a bare OSError inside
-    the request body it would reach build_context as a connection error of the engine."""
-    current = _CurrentEntry(context.entries)
-    view = copy.copy(context)
-    view.entries = current  # type: ignore[assignment] - iter_tar only iterates it
-    try:
-        yield from view.iter_tar()
-    except OSError as exc:
-        source = current.entry.source if current.entry is not None else None
-        path = exc.filename or source or "a build context file"
-        if "unexpected end of data" in str(exc):  # tarfile: fewer bytes than the header said
-            raise BuildError(
-                f"{path}: changed size while being sent to the Docker engine",
-                hint="make sure nothing modifies the model or environment directories during the build",
-            ) from None
-        raise BuildError(
-            f"{path}: could not read it into the build context ({exc.strerror or exc})",
-            hint="check that the file exists and is readable, and that nothing modifies the model "
-            "or environment directories during the build",
-        ) from None
 
 
 def _hint_for(message: str, network_mode: str) -> str:
