@@ -39,6 +39,7 @@ __all__ = [
     "ContextEntry",
     "context_for_app",
     "context_for_env",
+    "env_layer_tar",
     "runtime_package_dir",
     "RUNTIME_PTH_NAME",
 ]
@@ -254,6 +255,17 @@ def context_for_env(*, dockerfile: str, dockerignore: str, server_env: Path, mod
         *_tree(model_env, "model-env"),
     ]
     return BuildContext(entries)
+
+
+def env_layer_tar(*, kind: str, env_dir: Path, python: str) -> BuildContext:
+    """One env ("server" or "model") as a tar of its paths in the image, for extracting it
+    straight into a container: the same files ``COPY <kind>-env/`` would write."""
+    root = IMAGE_PATHS[f"{kind}_env_path"].lstrip("/")
+    entries = list(_tree(env_dir, root))
+    if kind == "server":
+        pth = (IMAGE_PATHS["runtime_path"] + "\n").encode()
+        entries.append(ContextEntry(f"{_site_packages(root, python)}/{RUNTIME_PTH_NAME}", data=pth))
+    return BuildContext(tuple(entries))
 
 
 def context_for_app(

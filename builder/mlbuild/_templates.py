@@ -60,7 +60,8 @@ class ContextLayout:
     """What the build context holds, as far as the Dockerfile needs to know.
 
     ``stage``: "full" (one Dockerfile, every layer), "env" (base .. model env only: the cached
-    env image) or "app" (FROM ``env_image``, runtime .. config).
+    env image), "env-base" ("env" without the two env COPY steps) or "app" (FROM ``env_image``,
+    runtime .. config).
     """
 
     has_artifacts: bool = False
@@ -73,7 +74,7 @@ class ContextLayout:
     extra: Mapping[str, Any] = field(default_factory=dict)  # more variables for model templates
 
     def __post_init__(self) -> None:
-        if self.stage not in ("full", "env", "app"):
+        if self.stage not in ("full", "env", "env-base", "app"):
             raise ValueError(f"unknown stage {self.stage!r}")
         if self.stage == "app" and not self.env_image:
             raise ValueError("stage 'app' needs env_image")

@@ -24,9 +24,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .._context import BuildContext, context_for_app, context_for_env, full_context
+from .._context import BuildContext, ContextEntry, context_for_app, context_for_env, env_layer_tar, full_context
 from .._errors import BuildError, EngineUnavailableError
-from .._templates import MODEL_TEMPLATE_NAME, ContextLayout, render_dockerfile, render_dockerignore
+from .._templates import (
+    IMAGE_PATHS,
+    MODEL_TEMPLATE_NAME,
+    ContextLayout,
+    model_template_path,
+    render_dockerfile,
+    render_dockerignore,
+)
 from . import BuildOptions, ImageResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,8 +134,12 @@ class DockerBackend:
         env_image = None
         if options.env_cache:
             env_dockerfile = render_dockerfile(spec, lock, ContextLayout(stage="env", **layout))
+            env_base = None
+            if model_template_path(spec) is None:
+                env_base = render_dockerfile(spec, lock, ContextLayout(stage="env-base", **layout))
             env_image = self._ensure_env_image(
-                env_dockerfile, env_context, spec=spec, lock=lock, base_id=base_id, options=options
+                env_dockerfile, env_context, spec=spec, lock=lock, base_id=base_id, options=options,
+                env_base_dockerfile=env_base,
             )
             dockerfile = render_dockerfile(spec, lock, ContextLayout(stage="app", env_image=env_image, **layout))
             context = app_context(dockerfile)
@@ -224,6 +235,7 @@ class DockerBackend:
         lock: Lock,
         base_id: str,
         options: BuildOptions,
+        env_base_dockerfile: str | None = None,
     ) -> str:
         import docker.errors
 
@@ -234,14 +246,49 @@ class DockerBackend:
             return tag
         except docker.errors.ImageNotFound:
             pass
-        context = env_context(env_dockerfile)
         network = self._network_for(spec, options)
-        options.say(f"building env image {tag} (context {context.size_bytes() / 1e6:.1f} MB, network: {network})")
-        self.build_context(context, tag=tag, network_mode=network, options=options)
+        if env_base_dockerfile is None:  # a model template may change the env steps: build them as written
+            context = env_context(env_dockerfile)
+            options.say(f"building env image {tag} (context {context.size_bytes() / 1e6:.1f} MB, network: {network})")
+            self.build_context(context, tag=tag, network_mode=network, options=options)
+            return tag
+        # Our own template: build FROM, system packages and venvs from the Dockerfile, then add
+        # the two env layers by extracting each env straight into a container and committing
+        # it. Same files as `COPY <kind>-env/`, written once instead of uploaded as a context,
+        # copied and committed (about 2 s less for a 230 MB env).
+        options.say(f"building env image {tag} (network: {network})")
+        image_id = self.build_context(
+            BuildContext((ContextEntry("Dockerfile", data=env_base_dockerfile.encode()),)),
+            tag=None, network_mode=network, options=options,
+        )
+        for kind, env_dir in (("server", options.envs.server_env), ("model", options.envs.model_env)):
+            image_id = self._commit_layer(image_id, env_layer_tar(kind=kind, env_dir=env_dir, python=spec.python),
+                                          f"COPY {kind}-env/ {IMAGE_PATHS[f'{kind}_env_path']}/", options)
+        repository, _, key = tag.rpartition(":")
+        self.client.images.get(image_id).tag(repository, key)
         return tag
 
-    def build_context(self, context: BuildContext, *, tag: str, network_mode: str, options: BuildOptions) -> str:
-        """The one build primitive: stream ``context`` to the engine, return the image id."""
+    def _commit_layer(self, image_id: str, files: BuildContext, what: str, options: BuildOptions) -> str:
+        """A new image: ``image_id`` plus one layer holding ``files`` (never started, no network)."""
+        import docker.errors
+
+        options.say(f"{what} ({files.size_bytes() / 1e6:.1f} MB)")
+        # The command is never run: `docker commit` records it as the layer's history line, so
+        # it reads like the COPY step it stands for (the app image sets the real CMD).
+        command = ["/bin/sh", "-c", f"#(nop) {what} (mlbuild {__version__})"]
+        container = self.client.containers.create(image_id, command=command, network_disabled=True)
+        try:
+            if not self.client.api.put_archive(container.id, "/", files.iter_tar()):
+                raise BuildError(f"the Docker engine refused the files of {what}")
+            return container.commit(message=f"mlbuild {__version__}: {what}").id
+        except docker.errors.APIError as exc:
+            raise BuildError(f"the Docker engine failed to add {what}: {exc.explanation or exc}") from None
+        finally:
+            container.remove(force=True)
+
+    def build_context(self, context: BuildContext, *, tag: str | None, network_mode: str, options: BuildOptions) -> str:
+        """The one build primitive: stream ``context`` to the engine, return the image id
+        (``tag`` None: an untagged intermediate image)."""
         import docker.errors
 
         log: list[str] = []
@@ -282,7 +329,7 @@ class DockerBackend:
                     )
         except docker.errors.APIError as exc:
             raise BuildError(
-                f"the engine refused the build of {tag}: {exc.explanation or exc}",
+                f"the engine refused the build of {tag or 'the env image'}: {exc.explanation or exc}",
                 hint=_hint_for(str(exc), network_mode),
                 details="\n".join(log[-_LOG_TAIL:]) or None,
             ) from None
@@ -292,16 +339,18 @@ class DockerBackend:
             # dropped this one request (it refused what it was sent), it did not stop.
             if _still_answers(self.client):
                 raise BuildError(
-                    f"the Docker engine closed the connection during the build of {tag}",
+                    f"the Docker engine closed the connection during the build of {tag or 'the env image'}",
                     hint="the engine refused the request; check the tag and the engine's log (journalctl -u docker)",
                     details=str(exc),
                 ) from None
             raise EngineUnavailableError(
-                f"the Docker engine at {engine_address()} stopped answering during the build of {tag}",
+                f"the Docker engine at {engine_address()} stopped answering during the build of {tag or 'the env image'}",
                 hint="check that dockerd is running, then build again",
                 details=str(exc),
             ) from None
         if image_id is None:
+            if tag is None:
+                raise BuildError("the Docker engine built the env image but did not say its id", hint="build again")
             image_id = self.client.images.get(tag).id
         return image_id
 

@@ -19,9 +19,14 @@ from mlbuild._spec import load_spec
 
 
 class FakeImage:
-    def __init__(self, image_id):
+    def __init__(self, image_id, images=None):
         self.id = image_id
         self.attrs = {"Size": 123_000_000}
+        self._images = images
+
+    def tag(self, repository, tag):
+        self._images.known[f"{repository}:{tag}"] = self.id
+        return True
 
 
 class FakeImages:
@@ -30,7 +35,7 @@ class FakeImages:
 
     def get(self, name):
         if name in self.known:
-            return FakeImage(self.known[name])
+            return FakeImage(self.known[name], self)
         raise docker.errors.ImageNotFound(name)
 
     def pull(self, name, platform=None):
@@ -40,6 +45,14 @@ class FakeImages:
 class FakeAPI:
     def __init__(self, client, script):
         self.client, self.script, self.calls = client, script, []
+        self.archives = []
+
+    archives: list
+
+    def put_archive(self, container_id, path, data):
+        with tarfile.open(fileobj=io.BytesIO(b"".join(data))) as tar:
+            self.archives.append(tar.getnames())
+        return True
 
     def build(self, *, fileobj, tag, **kwargs):
         with tarfile.open(fileobj=io.BytesIO(b"".join(fileobj))) as tar:  # a chunk generator
@@ -49,15 +62,44 @@ class FakeAPI:
         chunks = self.script.pop(0) if self.script else None
         if chunks is None:
             image_id = f"sha256:{len(self.calls):064d}"
-            self.client.images.known[tag] = self.client.images.known[image_id] = image_id
+            if tag is not None:
+                self.client.images.known[tag] = image_id
+            self.client.images.known[image_id] = image_id
             chunks = [{"stream": "Step 1/2 : FROM x\n"}, {"aux": {"ID": image_id}}]
         return iter(chunks)
+
+
+class FakeContainer:
+    def __init__(self, client, image_id):
+        self.client, self.image_id = client, image_id
+        self.id = f"c{len(client.committed)}"
+        self.removed = False
+
+    def commit(self, message=None):
+        image_id = f"sha256:{'c' * 62}{len(self.client.committed):02d}"
+        self.client.images.known[image_id] = image_id
+        self.client.committed.append({"from": self.image_id, "names": self.client.api.archives.pop(), "message": message})
+        return FakeImage(image_id, self.client.images)
+
+    def remove(self, force=False):
+        self.removed = True
+
+
+class FakeContainers:
+    def __init__(self, client):
+        self.client = client
+
+    def create(self, image_id, **kwargs):
+        assert kwargs.get("network_disabled") is True
+        return FakeContainer(self.client, image_id)
 
 
 class FakeClient:
     def __init__(self, script=None, known=None):
         self.images = FakeImages({"base:1": "sha256:" + "b" * 64, **(known or {})})
         self.api = FakeAPI(self, list(script or []))
+        self.containers = FakeContainers(self)
+        self.committed: list[dict] = []  # env layers added by put_archive + commit
 
     def ping(self):
         return True
@@ -87,10 +129,18 @@ def test_env_image_is_built_once_then_reused(tmp_path):
     backend = DockerBackend(client_factory=lambda: client)
     first = backend.build(spec, lock, options)
     env_call, app_call = client.api.calls
-    assert env_call["tag"].startswith("mlbuild-cache/env:") and first.env_image == env_call["tag"]
-    assert "model-env/lib/python3.11/site-packages/modelpkg.py" in env_call["names"]
-    assert not any(n.startswith("model/") for n in env_call["names"])
-    assert app_call["dockerfile"].count("FROM ") == 1 and f"FROM {env_call['tag']}" in app_call["dockerfile"]
+    # The env image: FROM/venvs from the Dockerfile (no env files in its context), then one
+    # committed layer per env, extracted straight into a container.
+    assert env_call["tag"] is None and env_call["names"] == ["Dockerfile"]
+    assert "COPY" not in env_call["dockerfile"] and "python3 -m venv" in env_call["dockerfile"]
+    server_layer, model_layer = client.committed
+    assert server_layer["from"] == f"sha256:{1:064d}" and model_layer["from"] != server_layer["from"]
+    assert "opt/mlbuild/model-env/lib/python3.11/site-packages/modelpkg.py" in model_layer["names"]
+    assert "opt/mlbuild/server-env/lib/python3.11/site-packages/mlbuild-runtime.pth" in server_layer["names"]
+    assert not any(n.startswith("opt/mlbuild/model-env") for n in server_layer["names"])
+    assert first.env_image.startswith("mlbuild-cache/env:")
+    assert client.images.known[first.env_image] == f"sha256:{'c' * 62}01"  # the model env's commit
+    assert app_call["dockerfile"].count("FROM ") == 1 and f"FROM {first.env_image}" in app_call["dockerfile"]
     assert "model/code/predict.py" in app_call["names"] and not any(n.startswith("model-env") for n in app_call["names"])
     assert {c["network_mode"] for c in client.api.calls} == {"none"}
     assert all(c["rm"] and c["forcerm"] and c["custom_context"] for c in client.api.calls)
@@ -173,6 +223,13 @@ class _BeforeSending(FakeAPI):
     def __init__(self, client, hook):
         super().__init__(client, [])
         self.hook = hook
+
+    archives: list
+
+    def put_archive(self, container_id, path, data):
+        with tarfile.open(fileobj=io.BytesIO(b"".join(data))) as tar:
+            self.archives.append(tar.getnames())
+        return True
 
     def build(self, *, fileobj, tag, **kwargs):
         self.hook()
