@@ -99,14 +99,13 @@ def build_image(
     _refuse_python_mismatch_of_saved_model(Path(model), python)
     chosen = choose_backend(backend, wants_oci_output=bool(output or push), progress=progress)
     if chosen == "docker":
-        from ._backends.docker import engine_client
+        from ._backends.docker import DockerBackend, engine_client
         from ._image import build_image as docker_build
 
-        engine_client()  # no engine: say so now, before locking and installing for nothing
-
+        client = engine_client()  # no engine: say so now, before locking and installing for nothing
         return docker_build(
             Path(model), tag=tag, base_image=base_image, platform=platform, python=python,
-            quiet=quiet, runner=runner, progress=progress,
+            quiet=quiet, runner=runner, progress=progress, backend=DockerBackend(client_factory=lambda: client),
         )
     from ._oci.backend import build_oci_image
 

@@ -247,6 +247,7 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
                 f"cannot read Dockerfile template {custom}: {exc.strerror}",
                 hint="check that it is a readable file",
             ) from None
+    where = custom if custom is not None else templates_dir() / "Dockerfile.j2"  # for messages
     try:
         if custom is not None:
             template = env.from_string(source)
@@ -256,25 +257,22 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
     except MlbuildError:
         raise  # already says what is wrong (e.g. the dq filter refusing a newline)
     except jinja2.TemplateSyntaxError as exc:
-        where = exc.filename or (custom if custom is not None else templates_dir() / (exc.name or "Dockerfile.j2"))
+        syntax_where = exc.filename or (custom if custom is not None else templates_dir() / (exc.name or "Dockerfile.j2"))
         raise ConfigError(
-            f"{where}:{exc.lineno}: Dockerfile template syntax error: {exc.message}",
+            f"{syntax_where}:{exc.lineno}: Dockerfile template syntax error: {exc.message}",
             hint="fix the template; it should start with {% extends \"Dockerfile.j2\" %} and override blocks",
         ) from None
     except jinja2.UndefinedError as exc:
-        where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
         raise ConfigError(
             f"{_where(where, exc)}: Dockerfile template uses an unknown variable: {exc.message}",
             hint="see templates/README.md for the variables a template may use",
         ) from None
     except jinja2.TemplateNotFound as exc:
-        where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
         raise ConfigError(
             f"{_where(where, exc)}: Dockerfile template names a template that does not exist: {exc.name!r}",
             hint="extend or include \"Dockerfile.j2\" (mlbuild's template); other names are not found",
         ) from None
     except jinja2.TemplateError as exc:
-        where = custom if custom is not None else templates_dir() / "Dockerfile.j2"
         raise ConfigError(
             f"{_where(where, exc)}: Dockerfile template failed: {exc.message or type(exc).__name__}",
             hint="fix the template; see templates/README.md",

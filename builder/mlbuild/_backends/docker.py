@@ -71,7 +71,7 @@ def engine_client(client_factory: Callable[[], Any] | None = None) -> docker.Doc
         raise EngineUnavailableError(
             f"no Docker engine answers at {engine_address()}",
             hint="start dockerd (or Docker Desktop), or point DOCKER_HOST at a running engine; "
-            "a daemonless --backend oci is planned",
+            "or build without an engine: --backend oci --output IMAGE.tar",
             details=f"docker said: {exc}",
         ) from None
     return client

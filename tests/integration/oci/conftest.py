@@ -4,6 +4,7 @@
 - ``auth_registry``   session: same, with htpasswd (Basic) auth; user/password on the object
 - ``failing_server``  a local HTTP server that answers every request 500 with a registry error
 - ``slow_server``     a local HTTP server that answers nothing for 30 s
+- ``saved_base``      session: ``docker save`` of the local base image, read as a docker-archive
 - ``multiarch_base``  session: scripts/build-multiarch-base.sh pushed into ``registry``
 
 When docker-registry is missing the registry tests skip, except in CI (CI=1/true), where
@@ -214,3 +215,11 @@ def multiarch_base(registry: LocalRegistry) -> str:
     if proc.returncode != 0:
         pytest.fail(f"build-multiarch-base.sh failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
     return f"{registry.host}/library/python:3.11-bookworm"
+
+
+@pytest.fixture(scope="session")
+def saved_base(base_image, tmp_path_factory) -> Path:
+    """The local base image as a docker-archive tar (one `docker save` for the whole session)."""
+    path = tmp_path_factory.mktemp("base") / "base.tar"
+    subprocess.run(["docker", "save", "-o", str(path), base_image], check=True, timeout=600)
+    return path

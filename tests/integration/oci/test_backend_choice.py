@@ -15,13 +15,6 @@ ECHO = REPO / "tests" / "fixtures" / "models" / "echo"
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def saved_base(base_image, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base") / "base.tar"
-    subprocess.run(["docker", "save", "-o", str(path), base_image], check=True, timeout=600)
-    return path
-
-
 def mlbuild(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mlbuild._cli", *args], cwd=cwd, env={**os.environ, **env},

@@ -38,13 +38,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def saved_base(base_image, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base") / "base.tar"
-    subprocess.run(["docker", "save", "-o", str(path), base_image], check=True, timeout=600)
-    return path
-
-
-@pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     """One mlbuild cache for this module: the first build is cold, later ones reuse it."""
     path = tmp_path_factory.mktemp("mlbuild-cache")

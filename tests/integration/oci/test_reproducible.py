@@ -42,13 +42,6 @@ _BUILD = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def saved_base(base_image, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base") / "base.tar"
-    subprocess.run(["docker", "save", "-o", str(path), base_image], check=True, timeout=600)
-    return path
-
-
 def _build(model: Path, base: Path, out: Path, cache: Path, *, umask: str, tz: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env.update({"TZ": tz, "MLBUILD_CACHE_DIR": str(cache)})
