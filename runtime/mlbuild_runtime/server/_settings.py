@@ -12,6 +12,14 @@ port               --port                       MLBUILD_PORT, AIP_HTTP_PORT 8080
 workers            --workers                    MLBUILD_WORKERS             1
 predict_timeout    --predict-timeout (seconds)  MLBUILD_PREDICT_TIMEOUT     60
 max_body_size      --max-body-size (bytes)      MLBUILD_MAX_BODY_SIZE       10 MiB (10485760)
+max_response_size  --max-response-size (bytes)  MLBUILD_MAX_RESPONSE_SIZE   40 MiB (4 x the body limit)
+max_json_depth     --max-json-depth             MLBUILD_MAX_JSON_DEPTH      100 (1-400)
+max_header_size    --max-header-size (bytes)    MLBUILD_MAX_HEADER_SIZE     32 KiB (request line + headers)
+max_header_count   --max-header-count           MLBUILD_MAX_HEADER_COUNT    100
+header_timeout     --header-timeout (seconds)   MLBUILD_HEADER_TIMEOUT      60 (request line + headers)
+body_timeout       --body-timeout (seconds)     MLBUILD_BODY_TIMEOUT        60 (whole body)
+keepalive_timeout  --keepalive-timeout          MLBUILD_KEEPALIVE_TIMEOUT   75 (idle between requests)
+max_connections    --max-connections            MLBUILD_MAX_CONNECTIONS     512 (503 + Retry-After past it)
 log_format         --log-format                 MLBUILD_LOG_FORMAT          auto (json unless a TTY)
 log_level          --log-level                  MLBUILD_LOG_LEVEL           info
 access_log         --access-log                 MLBUILD_ACCESS_LOG          errors (all | errors | off)
@@ -49,6 +57,7 @@ from ..worker import protocol
 
 __all__ = ["Settings", "SettingsError", "build_parser"]
 
+KIB = 1 << 10
 MIB = 1 << 20
 
 
@@ -67,6 +76,16 @@ class Settings:
     workers: int = 1
     predict_timeout: float = 60.0
     max_body_size: int = 10 * MIB
+    # Hostile-input limits; nginx/Envoy/gunicorn defaults are the anchors (docs/settings.md
+    # says which one each follows and why).
+    max_response_size: int = 40 * MIB
+    max_json_depth: int = 100
+    max_header_size: int = 32 * KIB
+    max_header_count: int = 100
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 512
     log_format: str = "auto"  # json | text | auto
     log_level: str = "info"
     # One line per request costs about a third of the server's CPU per trivial request (a
@@ -151,6 +170,15 @@ _SIZE_UNITS = {
     "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3,
 }  # fmt: skip
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def _depth(raw: str) -> int:
+    # The worker's decoder and validator recurse per level; 400 keeps them well inside
+    # Python's default recursion limit (1000) whatever the model's own frames use.
+    return _positive_int(_MAX_JSON_DEPTH)(raw)
+
+
+_MAX_JSON_DEPTH = 400
 
 
 def _byte_size(raw: str) -> int:
@@ -272,6 +300,22 @@ _SPECS: tuple[_Spec, ...] = (
           _seconds(allow_zero=False), "seconds before a prediction gets 504 (default 60)"),
     _Spec("max_body_size", "--max-body-size", ("MLBUILD_MAX_BODY_SIZE",), _byte_size,
           "largest request body, e.g. 10MiB (default 10MiB)"),
+    _Spec("max_response_size", "--max-response-size", ("MLBUILD_MAX_RESPONSE_SIZE",), _byte_size,
+          "largest answer a worker may send; past it the request gets 500 (default 40MiB)"),
+    _Spec("max_json_depth", "--max-json-depth", ("MLBUILD_MAX_JSON_DEPTH",), _depth,
+          "deepest nesting of arrays/objects in a request; deeper gets 422 (default 100)"),
+    _Spec("max_header_size", "--max-header-size", ("MLBUILD_MAX_HEADER_SIZE",), _byte_size,
+          "largest request line + headers; past it 431 (default 32KiB)"),
+    _Spec("max_header_count", "--max-header-count", ("MLBUILD_MAX_HEADER_COUNT",), _positive_int(10000),
+          "most header fields in one request; past it 431 (default 100)"),
+    _Spec("header_timeout", "--header-timeout", ("MLBUILD_HEADER_TIMEOUT",), _seconds(allow_zero=False),
+          "seconds to receive the request line and headers; past it 408 and close (default 60)"),
+    _Spec("body_timeout", "--body-timeout", ("MLBUILD_BODY_TIMEOUT",), _seconds(allow_zero=False),
+          "seconds to receive the whole body once headers are in; past it 408 and close (default 60)"),
+    _Spec("keepalive_timeout", "--keepalive-timeout", ("MLBUILD_KEEPALIVE_TIMEOUT",),
+          _seconds(allow_zero=False), "seconds an idle keep-alive connection stays open (default 75)"),
+    _Spec("max_connections", "--max-connections", ("MLBUILD_MAX_CONNECTIONS",), _positive_int(1_000_000),
+          "most open connections; past it 503 with Retry-After and close (default 512)"),
     _Spec("log_format", "--log-format", ("MLBUILD_LOG_FORMAT",), _choice("json", "text", "auto"),
           "json, text or auto: json unless stderr is a terminal (default auto)"),
     _Spec("log_level", "--log-level", ("MLBUILD_LOG_LEVEL",),
