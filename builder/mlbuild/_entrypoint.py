@@ -23,7 +23,7 @@ __all__ = ["Entrypoint", "find_entrypoint", "parse_entrypoint", "module_file"]
 
 DEFAULT_MODULE = "predict"
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_ENTRYPOINT_RE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
+_ENTRYPOINT_RE = re.compile(rf"({_IDENT}(?:\.{_IDENT})*):({_IDENT})")
 
 Kind = Literal["class", "function", "async function", "variable", "import"]
 
@@ -42,7 +42,7 @@ class Entrypoint:
 
 def parse_entrypoint(text: str) -> tuple[str, str]:
     """Split ``"module:attr"``; raise ValueError with the rule when the text does not match."""
-    m = _ENTRYPOINT_RE.match(text.strip())
+    m = _ENTRYPOINT_RE.fullmatch(text.strip())
     if not m:
         raise ValueError(
             f"{text!r} is not 'module:attr' (a dotted module path, a colon, a Python name), "

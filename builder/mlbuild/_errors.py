@@ -22,6 +22,8 @@ it never prints a traceback for these.
 
 from __future__ import annotations
 
+from ._redact import mask_url_credentials
+
 __all__ = [
     "MlbuildError",
     "ConfigError",
@@ -45,10 +47,13 @@ class MlbuildError(Exception):
 
     def __init__(self, message: str, *, hint: str | None = None, details: str | None = None) -> None:
         # The first line must stand alone: it is what a user sees in CI logs.
+        # Masked here, once, for every error: resolver or installer output quoted in an
+        # error must not carry a URL's credentials into a terminal or a CI log.
+        message = mask_url_credentials(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
-        self.details = details  # longer text (resolver output, build log tail), shown after the hint
+        self.hint = None if hint is None else mask_url_credentials(hint)
+        self.details = None if details is None else mask_url_credentials(details)  # longer text (resolver output, build log tail), shown after the hint
 
     def __str__(self) -> str:
         return self.message

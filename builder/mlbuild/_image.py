@@ -80,6 +80,9 @@ def check_tag(tag: str) -> None:
     why = None
     if tag != tag.strip() or not tag:
         why = "it is empty or has spaces around it"
+    elif not tag.isascii() or not tag.isprintable():
+        # The reference parser's tag pattern uses \w, which also matches non-ASCII letters.
+        why = "it holds characters other than ASCII letters, digits and . _ - / : @"
     elif "@" in tag:
         why = "a build names a tag, not a digest (drop the @...)"
     else:

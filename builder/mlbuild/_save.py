@@ -56,7 +56,7 @@ __all__ = [
 
 PAYLOAD_NAME = "artifacts/model.pkl"
 PAYLOAD_INFO_NAME = "artifacts/payload.json"
-_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+_PYTHON_RE = re.compile(r"3\.[0-9]{1,2}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _check_python_arg(python: str | None) -> str:
     running = _running_python()
     if python is None:
         return running
-    if not isinstance(python, str) or not _PYTHON_RE.match(python):
+    if not isinstance(python, str) or not _PYTHON_RE.fullmatch(python):
         raise SaveError(
             f"mlbuild.save(): python={python!r} is not a minor version like \"{running}\"",
             hint=f"pass python=\"{running}\" or leave it out",

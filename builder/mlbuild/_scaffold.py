@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from ._errors import ConfigError
+from ._spec import _sanitize_name
 
 _PREDICT = '''"""Entrypoint: mlbuild calls Model().load() once per worker, then predict() per request."""
 
@@ -41,8 +41,9 @@ version = "0.1.0"
 
 
 def _sanitize(name: str) -> str:
-    cleaned = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
-    return cleaned or "model"
+    # The spec's own rule, so the name written into mlbuild.toml is one load_spec accepts
+    # ("a..b" or a 300-character name used to give a config that failed to load).
+    return _sanitize_name(name)
 
 
 def scaffold(directory: Path, *, name: str | None = None) -> list[Path]:

@@ -9,6 +9,7 @@ spec and lock; templates never see raw config.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import jinja2
 
 from . import __version__
 from ._errors import BuildError, ConfigError, MlbuildError
+from ._spec import _base_image_problem, _show, _text_problem  # one rule for the spec and the render
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._lock import Lock
@@ -119,14 +121,36 @@ def model_template_path(spec: ModelSpec) -> Path | None:
 
 
 def _dockerfile_quote(value: object) -> str:
-    """A double-quoted Dockerfile word: ENV/LABEL values may hold spaces, quotes and `$`."""
+    """A double-quoted Dockerfile word: ENV/LABEL values may hold spaces, quotes and `$`.
+
+    Inside double quotes Docker's lexer takes ``\\"``, ``\\\\`` and ``\\$`` as the character itself
+    and expands an unescaped ``$``: those three are escaped, so the value is data, never syntax.
+    A line break cannot be written at all (``\\n`` stays a backslash and an n), so a value with
+    any of str.splitlines()' separators or another control character is refused here: the last
+    guard, behind the spec's own checks, for values that never went through the spec."""
     text = str(value)
-    if "\n" in text or "\r" in text:
+    problem = _text_problem(text)
+    if problem is not None:
         raise ConfigError(
-            f"value {text!r} contains a newline, which a Dockerfile ENV or LABEL cannot hold",
-            hint="use a single-line value",
+            f"value {_show(text)} {problem}",
+            hint="use one line of text without control characters",
         )
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _check_baked(kind: str, items: Mapping[str, str]) -> None:
+    """Refuse, naming the key, an ENV/LABEL value the dq filter could not quote. The spec checked
+    the user's own; this catches those mlbuild adds from its environment (a source URL from
+    MLBUILD_SOURCE_URL or the CI's variables, a revision) before any template runs, and holds for
+    the oci backend too, which bakes the same values without a Dockerfile."""
+    for key, value in items.items():
+        problem = _text_problem(value)
+        if problem is not None:
+            raise ConfigError(
+                f"{kind} {key!r}: value {_show(value)} {problem}",
+                hint="check the environment it came from (MLBUILD_SOURCE_URL, GITHUB_SERVER_URL, "
+                "GITHUB_REPOSITORY, GITHUB_SHA) or the model's mlbuild.toml",
+            )
 
 
 def _where(path: Path, exc: BaseException) -> str:
@@ -148,7 +172,10 @@ def _where(path: Path, exc: BaseException) -> str:
     return f"{path}:{line}"
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    # One environment per process: it caches compiled templates (the loader still notices a
+    # changed file); model templates are compiled with from_string and never cached in it.
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -198,6 +225,8 @@ def image_variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[
     if layout.base_digest:
         labels["org.opencontainers.image.base.digest"] = layout.base_digest
     labels.update(dict(spec.labels))
+    _check_baked("environment variable", merged_env)
+    _check_baked("label", labels)
     python = IMAGE_PATHS["server_env_path"] + "/bin/python"
     healthcheck = [
         python,
@@ -248,12 +277,22 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
                 hint="check that it is a readable file",
             ) from None
     where = custom if custom is not None else templates_dir() / "Dockerfile.j2"  # for messages
+    variables = image_variables(spec, lock, layout)
+    # The FROM lines' values; base_image also sits in a double-quoted shell string of the venvs
+    # RUN step. The spec checked its own, this holds for a base handed in through the layout.
+    for key in ("base_image", "env_image"):
+        problem = _base_image_problem(variables[key]) if variables[key] else None
+        if problem is not None:
+            raise ConfigError(
+                f"{key.replace('_', ' ')} {_show(variables[key])}: {problem}",
+                hint="name the base as an image reference, e.g. python:3.11-slim",
+            )
     try:
         if custom is not None:
             template = env.from_string(source)
         else:
             template = env.get_template("Dockerfile.j2")
-        text = template.render(**image_variables(spec, lock, layout))
+        text = template.render(**variables)
     except MlbuildError:
         raise  # already says what is wrong (e.g. the dq filter refusing a newline)
     except jinja2.TemplateSyntaxError as exc:
@@ -285,8 +324,10 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
             hint="fix the expression on that line of the template; see templates/README.md",
         ) from None
     # Blank runs left by skipped blocks carry no meaning; one blank line between steps reads best.
+    # Split on "\n" only, as Docker does: str.splitlines() would turn a U+2028 or \x85 that a
+    # model template printed into a real line break, i.e. a new instruction.
     lines: list[str] = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if line.strip() == "" and (not lines or lines[-1] == ""):
             continue
         lines.append(line.rstrip())

@@ -195,3 +195,34 @@ def test_init_into_an_existing_directory_is_all_or_nothing(tmp_path, monkeypatch
         "README.md", "artifacts", "mlbuild.toml", "predict.py", "requirements.txt"]
     with pytest.raises(ConfigError, match="already exists"):
         scaffold(target)
+
+
+@pytest.mark.parametrize("base", ["python:3.11-slim${X:+$(id)}", "python:3.11-slim`id`", "python:3.11-slim\nRUN id"])
+def test_dockerfile_refuses_a_hostile_base_override_as_image_does(tmp_path, base):
+    """`mlbuild dockerfile --base` once printed a base holding `$(...)` as-is, into a RUN step."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x):\n    return x\n")
+    out = mlbuild("dockerfile", str(model), "--base", base)
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stdout == ""
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("error: override base_image=") and "image reference" in first, first
+    assert "hint: " in out.stderr and "Traceback" not in out.stderr
+
+
+def test_dockerfile_refuses_a_hostile_base_image_in_the_config():
+    out = mlbuild("dockerfile", str(PROJECTS / "base-image-command-substitution"))
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stdout == ""
+    first = out.stderr.splitlines()[0]
+    assert first.startswith(f"error: {PROJECTS / 'base-image-command-substitution' / 'mlbuild.toml'}: key 'base_image': ")
+    assert "$(id)" in first and "Traceback" not in out.stderr
+
+
+def test_dockerfile_refuses_a_system_package_with_a_newline():
+    out = mlbuild("dockerfile", str(PROJECTS / "system-package-newline"))
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stdout == "", "no Dockerfile is printed for a refused spec"
+    first = out.stderr.splitlines()[0]
+    assert "mlbuild.toml: key 'system_packages'" in first and "'bash\\n'" in first, first

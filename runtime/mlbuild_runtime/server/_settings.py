@@ -169,7 +169,7 @@ _SIZE_UNITS = {
     "m": 1 << 20, "mib": 1 << 20, "mb": 1000**2,
     "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3,
 }  # fmt: skip
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"[ \t]*([0-9]+)[ \t]*([a-zA-Z]*)[ \t]*")
 
 
 def _depth(raw: str) -> int:
@@ -182,7 +182,7 @@ _MAX_JSON_DEPTH = 400
 
 
 def _byte_size(raw: str) -> int:
-    match = _SIZE_RE.match(raw)
+    match = _SIZE_RE.fullmatch(raw)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError("must be a byte count such as 10485760, 512KiB or 10MiB")
@@ -241,29 +241,32 @@ def _executable(raw: str) -> str:
     return str(path.absolute())  # not resolve(): a venv's python symlink must stay the venv's
 
 
-_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")
+# fullmatch and ASCII classes: `$` matches before a trailing newline and \w admits any letter.
+_ENTRYPOINT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?")
 
 
 def _entrypoint(raw: str) -> str:
     value = raw.strip()
-    if not _ENTRYPOINT_RE.match(value):
+    if not _ENTRYPOINT_RE.fullmatch(value):
         raise ValueError("must look like module:attr (for example predict:Model)")
     return value
 
 
 def _text(raw: str) -> str:
     value = raw.strip()
-    if not value or "\n" in value:
-        raise ValueError("must be a non-empty single line")
+    # Every str.splitlines separator and other control characters: the value lands in
+    # /metadata and in log lines, where a line break would forge a record.
+    if not value or any(ch.isspace() and ch != " " or not ch.isprintable() for ch in value):
+        raise ValueError("must be a non-empty single line of printable characters")
     return value
 
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _digest(raw: str) -> str:
     value = raw.strip()
-    if not _DIGEST_RE.match(value):
+    if not _DIGEST_RE.fullmatch(value):
         raise ValueError("must be sha256: followed by 64 lowercase hex digits")
     return value
 

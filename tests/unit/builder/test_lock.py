@@ -11,9 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mlbuild._errors import LockError, ResolutionError, StaleLockError
-from mlbuild._lock import LockedPackage, ensure_lock, lock, read_lock
-from mlbuild._runner import Call, ScriptedRunner
+from mlbuild._errors import LockError, MlbuildError, ResolutionError, StaleLockError
+from mlbuild._lock import (
+    LockedPackage,
+    ensure_lock,
+    lock,
+    read_lock,
+    write_lock,
+)
+from mlbuild._redact import find_credential_url, mask_url_credentials
+from mlbuild._runner import Call, ScriptedRunner, SubprocessRunner
 from mlbuild._server_env import SERVER_PLATFORMS, read_server_lock, server_lock_path, server_requirements
 from mlbuild._server_env import main as server_env_main
 from mlbuild._spec import load_spec
@@ -286,3 +293,168 @@ def test_server_lock_check_detects_a_change(tmp_path, capsys):
 
 def lk_sha() -> str:
     return read_server_lock().requirements_sha256
+
+
+# --------------------------------------------------------------------------- credentials in URLs
+
+TOKEN = "s3cr3t-T0KEN-value"
+
+
+def assert_no_secret(exc: BaseException) -> None:
+    """Nothing the CLI would print (message, hint, details) echoes the credential."""
+    assert TOKEN not in exc.render() and TOKEN not in repr(exc.args)
+
+
+@pytest.mark.parametrize("line,what,shown", [
+    (f"pkg @ http://user:{TOKEN}@host.invalid/pkg-1.0-py3-none-any.whl", "requirement 'pkg'",
+     "http://****@host.invalid/pkg-1.0-py3-none-any.whl"),
+    (f"pkg @ https://{TOKEN}@git.invalid/pkg-1.0-py3-none-any.whl", "requirement 'pkg'",
+     "https://****@git.invalid/pkg-1.0-py3-none-any.whl"),  # a bare user name can be the token
+    (f"pkg @ git+https://{TOKEN}:x-oauth-basic@git.invalid/org/pkg.git", "requirement 'pkg'",
+     "git+https://****@git.invalid/org/pkg.git"),
+    (f"pkg @ git+ssh://git:{TOKEN}@git.invalid/org/pkg.git", "requirement 'pkg'",
+     "git+ssh://****@git.invalid/org/pkg.git"),
+])
+def test_a_requirement_url_with_credentials_is_refused_before_locking(tmp_path, line, what, shown):
+    root = model(tmp_path, f"six\n# private wheel\n{line}\n")
+    runner = FakeRunner(resolver_writing(SIX))
+    with pytest.raises(LockError) as info:
+        lock(load_spec(root), runner=runner)
+    exc = info.value
+    assert exc.message == (f"{root / 'requirements.txt'}:3: {what} has credentials in its URL {shown}; "
+                           "refusing to write them into mlbuild.lock")
+    assert "~/.netrc" in exc.hint and "UV_INDEX_<NAME>_USERNAME" in exc.hint and "UV_INDEX_<NAME>_PASSWORD" in exc.hint
+    assert_no_secret(exc)
+    assert runner.calls == [] and not (root / "mlbuild.lock").exists()
+
+
+def test_a_build_never_locks_a_credential_url_either(tmp_path):
+    root = model(tmp_path, f"pkg @ https://u:{TOKEN}@host.invalid/pkg-1.0-py3-none-any.whl\n")
+    runner = FakeRunner(resolver_writing(SIX))
+    with pytest.raises(LockError) as info:
+        ensure_lock(load_spec(root), runner=runner)  # what `mlbuild build` calls
+    assert_no_secret(info.value)
+    assert runner.calls == [] and sorted(p.name for p in root.iterdir()) == ["predict.py", "requirements.txt"]
+
+
+def test_a_credential_url_in_pyproject_dependencies_is_refused(tmp_path):
+    root = model(tmp_path, requirements=None)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "m"\nversion = "1"\ndependencies = [\n    "six",\n'
+        f'    "private @ https://__token__:{TOKEN}@pkgs.invalid/private-1.0-py3-none-any.whl",\n]\n'
+    )
+    runner = FakeRunner(resolver_writing(SIX))
+    with pytest.raises(LockError) as info:
+        lock(load_spec(root), runner=runner)
+    assert info.value.message.startswith(
+        f"{root / 'pyproject.toml'}:6: requirement 'private' has credentials in its URL "
+        "https://****@pkgs.invalid/private-1.0-py3-none-any.whl;")
+    assert_no_secret(info.value)
+    assert runner.calls == [] and not (root / "mlbuild.lock").exists()
+
+
+def test_a_credential_url_in_an_included_requirements_file_names_that_file(tmp_path):
+    root = model(tmp_path, "six\n-r extra.txt\n")
+    (root / "extra.txt").write_text(f"\n\npkg @ https://u:{TOKEN}@h.invalid/pkg-1.0-py3-none-any.whl\n")
+    with pytest.raises(LockError) as info:
+        lock(load_spec(root), runner=FakeRunner(resolver_writing(SIX)))
+    assert info.value.message.startswith(f"{root / 'extra.txt'}:3: requirement 'pkg'")
+    assert_no_secret(info.value)
+
+
+@pytest.mark.parametrize("option", [
+    "--index-url https://u:{t}@idx.invalid/simple", "--extra-index-url=https://{t}@idx.invalid/simple",
+    "-i https://u:{t}@idx.invalid/simple", "--find-links https://u:{t}@idx.invalid/wheels/",
+])
+def test_an_index_option_with_credentials_is_refused(tmp_path, option):
+    line = option.format(t=TOKEN)
+    name = line.split(" ")[0].split("=")[0]
+    # The requirements file refuses index options outright when the spec is loaded...
+    root = model(tmp_path, f"six\n{line}\n")
+    with pytest.raises(MlbuildError) as info:
+        lock(load_spec(root), runner=FakeRunner(resolver_writing(SIX)))
+    assert name in info.value.message and "requirements.txt:2" in info.value.message
+    assert_no_secret(info.value)
+    # ... and the lock writer refuses them on its own, whoever hands them over.
+    runner = FakeRunner(resolver_writing(SIX))
+    with pytest.raises(LockError) as info:
+        write_lock([line, "six"], tmp_path / "mlbuild.lock", requirements_sha256="0" * 64, python="3.11",
+                   platforms=("linux/amd64",), runner=runner, source="the requirements")
+    assert info.value.message.startswith(f"the requirements: option {name!r} has credentials in its URL https://****@")
+    assert_no_secret(info.value)
+    assert runner.calls == [] and not (tmp_path / "mlbuild.lock").exists()
+
+
+def test_resolver_output_holding_credentials_is_never_written(tmp_path):
+    # As if uv echoed a URL from UV_INDEX_URL=https://user:TOKEN@host/simple into the output.
+    body = SIX + f"pkg @ https://user:{TOKEN}@idx.invalid/pkg-1.0-py3-none-any.whl\n"
+    root = model(tmp_path, "six\npkg\n")
+    (root / "mlbuild.lock").write_text("previous lock\n")
+    with pytest.raises(LockError) as info:
+        lock(load_spec(root), runner=FakeRunner(resolver_writing(body)))
+    assert "holds a URL with credentials" in info.value.message
+    assert "https://****@idx.invalid/pkg-1.0-py3-none-any.whl" in info.value.message
+    assert "UV_INDEX_URL" in info.value.hint
+    assert_no_secret(info.value)
+    assert (root / "mlbuild.lock").read_text() == "previous lock\n"
+    assert sorted(p.name for p in root.iterdir()) == ["mlbuild.lock", "predict.py", "requirements.txt"]
+
+
+def test_resolver_errors_never_echo_credentials(tmp_path):
+    err = (f"error: Failed to fetch: `https://user:{TOKEN}@idx.invalid/simple/six/`\n"
+           f"  Caused by: HTTP status client error (401 Unauthorized) for url (https://{TOKEN}@idx.invalid/)\n")
+    with pytest.raises(LockError) as info:
+        lock(load_spec(model(tmp_path)), runner=FakeRunner(lambda call: (2, "", err)))
+    assert "https://****@idx.invalid/simple/six/" in info.value.message
+    assert "https://****@idx.invalid/" in info.value.details
+    assert_no_secret(info.value)
+
+
+def test_unresolvable_error_with_credentials_is_masked(tmp_path):
+    err = (f"  × No solution found when resolving dependencies:\n  ╰─▶ Because pkg was not found at "
+           f"https://u:{TOKEN}@idx.invalid/simple and you require pkg, we can conclude...\n")
+    with pytest.raises(ResolutionError) as info:
+        lock(load_spec(model(tmp_path, "pkg\n")), runner=FakeRunner(lambda call: (1, "", err)))
+    assert "https://****@idx.invalid/simple" in info.value.message
+    assert_no_secret(info.value)
+
+
+def test_a_lock_holding_credentials_is_refused_when_read(tmp_path):
+    path = tmp_path / "mlbuild.lock"
+    path.write_text(HEADER.replace("{sha}", "a" * 64)
+                    + f"pkg @ https://u:{TOKEN}@idx.invalid/pkg-1.0-py3-none-any.whl \\\n    --hash=sha256:ab\n")
+    with pytest.raises(LockError) as info:
+        read_lock(path)
+    assert info.value.message == (f"{path}:7: the lock holds a URL with credentials: "
+                                  "https://****@idx.invalid/pkg-1.0-py3-none-any.whl")
+    assert_no_secret(info.value)
+
+
+@pytest.mark.parametrize("text,found", [
+    ("pkg @ https://u:p@h/x.whl", "https://****@h/x.whl"),
+    ("pkg @ https://tok@h/x.whl?sig=abc#frag", "https://****@h/x.whl"),  # a query may hold a token too
+    ("pkg @ git+ssh://git@github.invalid/org/pkg.git", None),  # ssh: a user name, the key authenticates
+    ("pkg @ ssh://deploy@h/pkg.git", None),
+    ("pkg @ https://h/pkg-1.0-py3-none-any.whl", None),
+    ("pkg @ https://h/path/pkg@1.0.whl", None),  # "@" after the host is no user-info
+    ("six==1.17.0 --hash=sha256:ab", None),
+    ("mailto:someone@h", None),
+])
+def test_find_credential_url(text, found):
+    assert find_credential_url(text) == found
+
+
+def test_mask_url_credentials():
+    text = f"GET https://u:{TOKEN}@a.invalid/x and git+https://{TOKEN}@b.invalid/y, https://c.invalid/z"
+    assert mask_url_credentials(text) == (
+        "GET https://****@a.invalid/x and git+https://****@b.invalid/y, https://c.invalid/z")
+
+
+def test_the_runner_passes_the_environment_to_uv(tmp_path, monkeypatch):
+    # The hint tells users to give credentials to uv through its environment variables or
+    # ~/.netrc (found through HOME / NETRC): that only works if the resolver sees them.
+    monkeypatch.setenv("UV_INDEX_PRIVATE_PASSWORD", "from-the-environment")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    result = SubprocessRunner().run(
+        [sys.executable, "-c", "import os; print(os.environ['UV_INDEX_PRIVATE_PASSWORD'], os.environ['NETRC'])"])
+    assert result.stdout.split() == ["from-the-environment", str(tmp_path / "netrc")]

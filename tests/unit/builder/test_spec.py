@@ -47,6 +47,12 @@ FAILURES = [
     ("unreadable-requirements", ConfigError, 2, ["requirements.txt:3:", "not valid UTF-8"]),
     ("invalid-requirement", ConfigError, 2, ["requirements.txt:4:", "numpy >=> 1"]),
     ("index-url-in-requirements", ConfigError, 2, ["requirements.txt:1:", "--extra-index-url"]),
+    # Issue 9: values that once reached the Dockerfile as extra lines or shell syntax.
+    ("system-package-newline", ConfigError, 2, ["mlbuild.toml", "'system_packages'", "'bash\\n'", "Debian package"]),
+    ("version-trailing-newline", ConfigError, 2, ["mlbuild.toml", "'version'", "'1.0.0\\n'", "image tag"]),
+    ("env-value-line-separator", ConfigError, 2, ["mlbuild.toml", "[env]", "'GREETING'", "U+2028 (LINE SEPARATOR)"]),
+    ("label-value-control-character", ConfigError, 2, ["mlbuild.toml", "[labels]", "'com.example.note'", "U+0085"]),
+    ("base-image-command-substitution", ConfigError, 2, ["mlbuild.toml", "'base_image'", "$(id)", "image reference"]),
 ]
 
 
@@ -296,3 +302,70 @@ def test_requirements_key_naming_a_pyproject_whose_project_is_not_a_table(tmp_pa
     })
     with pytest.raises(ConfigError, match=r"deps/pyproject.toml: bad value for 'project'"):
         load_spec(root)
+
+
+@pytest.mark.parametrize("package", ["libgomp1", "g++", "libstdc++6", "python3.11", "libc6:amd64",
+                                     "curl=7.88.1-10+deb12u5", "tzdata=2024a-0+deb12u1", "libfoo=1:2.0~rc1",
+                                     "libgomp1/bookworm-backports", "libc6:arm64=2.36-9"])
+def test_system_packages_take_what_apt_get_install_takes(tmp_path, package):
+    root = make(tmp_path, {"predict.py": PREDICT, "mlbuild.toml": f'system_packages = ["{package}"]\n'})
+    assert load_spec(root).system_packages == (package,)
+
+
+@pytest.mark.parametrize("package", ["a", "-rf", "--reinstall", "libgomp1-", "curl=7.88-", "Curl", "curl=",
+                                     "curl=abc", "curl;id", "curl id", "curl$(id)", "curl\\n", "curl:", "curl/",
+                                     "curl*", "?garbage", "~nfoo", "curl=1\\n", "x" * 201])
+def test_system_packages_refuse_what_apt_get_would_read_as_more(tmp_path, package):
+    root = make(tmp_path, {"predict.py": PREDICT, "mlbuild.toml": f'system_packages = ["{package}"]\n'})
+    with pytest.raises(ConfigError) as info:
+        load_spec(root)
+    assert "key 'system_packages'" in info.value.message and "\n" not in info.value.message
+
+
+@pytest.mark.parametrize("value,words", [
+    ("/etc/requirements.txt", "relative"), ("~/reqs.txt", "relative"), ("-r.txt", "relative"),
+    (" reqs.txt", "spaces"), ("reqs\\n.txt", "U+000A"), ("", "empty"),
+])
+def test_requirements_path_must_be_a_plain_relative_path(tmp_path, value, words):
+    root = make(tmp_path, {"predict.py": PREDICT, "mlbuild.toml": f'requirements = "{value}"\n'})
+    with pytest.raises(ConfigError) as info:
+        load_spec(root)
+    assert "mlbuild.toml: key 'requirements': bad value" in info.value.message
+    assert words in info.value.message and "\n" not in info.value.message
+
+
+def test_requirements_path_too_long_for_the_file_system_is_a_config_error(tmp_path):
+    root = make(tmp_path, {"predict.py": PREDICT, "mlbuild.toml": f'requirements = "{"r" * 300}.txt"\n'})
+    with pytest.raises(ConfigError, match="key 'requirements'"):
+        load_spec(root)
+
+
+@pytest.mark.parametrize("value", ["predict:Model\\n", " predict:Model", "predict:Mod\\u00e9l", "predict:Model;id"])
+def test_entrypoint_with_characters_outside_its_grammar_is_refused(tmp_path, value):
+    from mlbuild._errors import EntrypointError
+
+    root = make(tmp_path, {"predict.py": "class Model:\n    def predict(self, x):\n        return x\n",
+                           "mlbuild.toml": f'entrypoint = "{value}"\n'})
+    with pytest.raises(EntrypointError) as info:
+        load_spec(root)
+    assert "mlbuild.toml: key 'entrypoint': bad value" in info.value.message and "module:attr" in info.value.message
+
+
+def test_port_must_be_an_integer_not_a_boolean(tmp_path):
+    root = make(tmp_path, {"predict.py": PREDICT, "mlbuild.toml": "port = true\n"})
+    with pytest.raises(ConfigError, match="'port'"):
+        load_spec(root)
+    with pytest.raises(ValidationError):
+        ModelSpec(directory=root, name="m", entrypoint="predict:predict", port=True)
+
+
+@pytest.mark.parametrize("raw", ["My..Model", "a" * 127 + "-b" * 10, "___", "Ünïcode Name", "x" * 300])
+def test_generated_names_are_names_the_spec_accepts(tmp_path, raw):
+    """The directory-derived default name and `mlbuild init --name` share one sanitizer."""
+    from mlbuild._scaffold import scaffold
+
+    target = tmp_path / "model"
+    scaffold(target, name=raw)
+    spec = load_spec(target)
+    assert spec.name and len(spec.name) <= 128
+    assert load_spec(make(tmp_path, {"predict.py": PREDICT}, name=raw[:200])).name

@@ -185,8 +185,10 @@ def test_template_syntax_error_names_file_and_line(tmp_path):
 
 def test_newline_in_env_value_is_refused(tmp_path):
     model = _model(tmp_path, MINIMAL + '[env]\nBAD = "two\\nlines"\n')
-    with pytest.raises(ConfigError, match="newline"):
+    with pytest.raises(ConfigError) as info:  # (match= would also find "newline" in tmp_path)
         render_dockerfile(load_spec(model), _lock(model))
+    assert "table [env]" in info.value.message and "'BAD'" in info.value.message
+    assert "U+000A (a newline)" in info.value.message
 
 
 def test_dockerfile_for_an_example(tmp_path):

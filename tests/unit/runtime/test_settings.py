@@ -156,3 +156,33 @@ def test_access_log_setting_precedence_and_choices(tmp_path):
     with pytest.raises(SettingsError) as info:
         Settings.from_sources(base, environ={"MLBUILD_ACCESS_LOG": "verbose"})
     assert "MLBUILD_ACCESS_LOG" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model-name", "iris\u2028forged log line"],
+        ["--model-version", "1.0\x85x"],
+        ["--model-version", "1.0\rx"],
+        ["--entrypoint", "predict:Mödel"],
+        ["--max-body-size", "١٠"],  # Arabic-Indic digits: \d would take them
+    ],
+)
+def test_values_are_matched_whole_and_ascii(tmp_path, argv):
+    with pytest.raises(SettingsError) as info:
+        read(argv, MLBUILD_MODEL_DIR=str(tmp_path))
+    assert argv[0] in str(info.value)
+
+
+def test_hostile_input_limit_defaults_and_env(tmp_path):
+    s = read(MLBUILD_MODEL_DIR=str(tmp_path))
+    assert (s.max_json_depth, s.max_response_size, s.max_header_size) == (100, 40 << 20, 32 << 10)
+    assert (s.max_header_count, s.max_connections) == (100, 512)
+    assert (s.header_timeout, s.body_timeout, s.keepalive_timeout) == (60.0, 60.0, 75.0)
+    s = read(
+        MLBUILD_MODEL_DIR=str(tmp_path), MLBUILD_MAX_JSON_DEPTH="20", MLBUILD_MAX_HEADER_SIZE="8KiB",
+        MLBUILD_HEADER_TIMEOUT="2", MLBUILD_MAX_CONNECTIONS="5",
+    )
+    assert (s.max_json_depth, s.max_header_size, s.header_timeout, s.max_connections) == (20, 8192, 2.0, 5)
+    with pytest.raises(SettingsError, match="MLBUILD_MAX_JSON_DEPTH"):
+        read(MLBUILD_MODEL_DIR=str(tmp_path), MLBUILD_MAX_JSON_DEPTH="5000")
