@@ -5,6 +5,9 @@ mlbuild_request_duration_seconds{route}     histogram latency as the server saw 
 mlbuild_requests_in_flight                  gauge     requests being handled now
 mlbuild_worker_restarts_total{cause}        counter   crash | timeout | load_failure
 mlbuild_workers_ready / mlbuild_workers     gauges    ready workers / configured workers
+mlbuild_http_limit_rejections_total{limit}  counter   connections/requests refused by an HTTP limit
+                                                      (max_header_size, max_header_count,
+                                                      header_timeout, body_timeout, max_connections)
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ class Metrics:
         )  # fmt: skip
         self.in_flight = Gauge("mlbuild_requests_in_flight", "Requests being handled", registry=self.registry)
         self.registry.register(_PoolCollector(pool))
+        # Incremented by the HTTP protocol (_http_limits), outside any request; cli.py wires it.
+        self.http_limit_rejections = Counter(
+            "mlbuild_http_limit_rejections", "Connections or requests refused by an HTTP limit", ["limit"],
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key each call; cache the children (the label sets
         # are bounded: routes are a fixed set, statuses a few dozen).
         self._request_children: dict[tuple[str, int], object] = {}
@@ -61,3 +69,7 @@ class Metrics:
         if hist is None:
             hist = self._latency_children[route] = self._latency.labels(route)
         hist.observe(seconds)
+
+    def http_limit_hit(self, limit: str) -> None:
+        """Count one refusal by the HTTP limit named ``limit`` (a setting name)."""
+        self.http_limit_rejections.labels(limit).inc()

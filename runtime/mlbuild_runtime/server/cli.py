@@ -30,17 +30,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn  # after settings: `--help` and bad flags stay fast
 
     from ._app import create_app
+    from ._http_limits import LIMIT_NAMES, HttpLimits, HttpLimitsUnavailable, limited_protocol
 
+    app = create_app(settings)
+    metrics = app.state.metrics
+    for name in LIMIT_NAMES:  # every limit shows in /metrics from the start, at 0
+        metrics.http_limit_rejections.labels(name)
+    try:
+        # Header size/count, header/body/idle timeouts and the connection cap live in the
+        # protocol (uvicorn has none of them). It needs httptools: uvicorn's h11 fallback would
+        # serve without the limits, so a missing httptools is a start-up error, not a fallback.
+        protocol = limited_protocol(HttpLimits.from_settings(settings), metrics.http_limit_hit)
+    except HttpLimitsUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=protocol,
         lifespan="on",
         log_config=None,  # our handler (configure_logging) formats uvicorn's records too
         access_log=False,  # the middleware writes one access line per request
         timeout_graceful_shutdown=settings.grace_period,
+        timeout_keep_alive=settings.keepalive_timeout,  # uvicorn's idle timer; the protocol arms it on connect too
         server_header=False,
     )
     server = uvicorn.Server(config)
