@@ -346,7 +346,8 @@ class OciBackend:
                 f"{plan.lock.path} was locked for Python {plan.lock.python} but the image has Python {minor} ({base.reference})",
                 hint="run `mlbuild lock` again for this Python, or use a matching base image",
             )
-        facts = rootfs_facts(base, minor, cache / "oci")
+        # Warnings about the base's layers (see rootfs) go where build progress goes.
+        facts = rootfs_facts(base, minor, cache / "oci", warn=options.say)
         timings.append((f"{plat}: base", round(time.monotonic() - t0, 4)))
         t0 = time.monotonic()
         server_dir, model_dir, server_digest = self._env_dirs(plat, options, plan.spec, plan.lock, runner)
