@@ -34,8 +34,9 @@ log = logging.getLogger("mlbuild.runtime")
 
 _ERROR_RESPONSES = {
     "413": {"description": "Request body larger than the server's limit"},
-    "422": {"description": "The body is not valid JSON or does not match the input schema"},
-    "500": {"description": "predict() raised; the traceback is in the server log"},
+    "415": {"description": "Content-Type is neither application/json nor application/*+json (none is fine)"},
+    "422": {"description": "The body is not valid JSON, nests deeper than the limit, or does not match the input schema"},
+    "500": {"description": "predict() raised (the traceback is in the server log), or its answer was larger than the limit"},
     "503": {"description": "No worker is ready (loading, failed, or it died during the request)"},
     "504": {"description": "predict() ran past the timeout; the worker was replaced"},
 }

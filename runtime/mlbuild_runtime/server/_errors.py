@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NoWorkerReady", "PoolError", "PredictTimeout", "WorkerDied"]
+__all__ = ["NoWorkerReady", "PoolError", "PredictTimeout", "ResponseTooLarge", "WorkerDied"]
 
 
 class PoolError(Exception):
@@ -29,3 +29,19 @@ class PredictTimeout(PoolError):
 
     status = 504
     error = "prediction timed out"
+
+
+class ResponseTooLarge(PoolError):
+    """The worker started sending an answer longer than max_response_size. The frame was not
+    read (a protocol violation: a worker checks the size itself before sending); the worker was
+    killed and is being replaced."""
+
+    status = 500
+
+    def __init__(self, limit: int, size: int, slot: int) -> None:
+        super().__init__(
+            f"worker {slot} sent a {size}-byte answer, more than max_response_size ({limit} bytes); "
+            "worker replaced"
+        )
+        # The client's "error" field: what happened and which limit, nothing of the model's.
+        self.error = f"prediction failed: response larger than max_response_size ({limit} bytes)"

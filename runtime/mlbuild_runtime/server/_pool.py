@@ -84,7 +84,10 @@ class WorkerPool:
             command = worker_command(settings.python) if command is None else command
             env = worker_env(os.environ, str(settings.model_dir), settings.entrypoint) if env is None else env
         self._command = list(command)
-        self._env = dict(env)
+        # The request-path limits the worker enforces itself (worker/protocol.py, "Limits").
+        self._env = {**env, "MLBUILD_MAX_JSON_DEPTH": str(settings.max_json_depth),
+                     "MLBUILD_MAX_RESPONSE_SIZE": str(settings.max_response_size)}
+        self._max_response = settings.max_response_size
         self._cwd = settings.model_dir
         self._timeout = settings.predict_timeout
         self._backoff = backoff
@@ -130,6 +133,7 @@ class WorkerPool:
                 on_ready=self._worker_ready,
                 on_free=self._release,
                 on_lost=self._worker_lost,
+                max_response_size=self._max_response,
             )
             slot.worker = worker
             try:

@@ -5,6 +5,20 @@ A reader task per worker decodes frames and resolves the future of the one reque
 what happened through three callbacks: ``on_ready`` (READY arrived), ``on_free`` (an answer
 arrived, the worker can take the next request) and ``on_lost`` (the worker can no longer serve:
 EOF, FATAL, timeout kill, protocol error). ``on_lost`` is called at most once.
+
+Limits on what a worker can make the server spend:
+
+* answers: a frame longer than ``max_response_size`` (RESULT) or max(that, 4 MiB) (any other
+  kind) is refused from its length prefix alone - the request fails with ResponseTooLarge
+  (500), the worker is killed and replaced, its bytes are never read. Frames over 1 MiB are
+  read straight into one preallocated buffer (no growing stream buffer, no copy out of it).
+* the model's stdout/stderr: relayed to the log as ``mlbuild.worker`` records at most
+  ``STDERR_LINES_PER_S`` (100) lines per second with bursts of ``STDERR_BURST`` (200); past
+  that, lines are counted and dropped (read in 64 KiB blocks, not line by line), and one
+  warning per second says "dropped K lines of worker output".
+* processes: everything the model started ends with its worker, even what left the worker's
+  process group (worker/proctree.py: subreaper tree walk while it lives, environment token
+  after it died).
 """
 
 from __future__ import annotations
@@ -15,12 +29,14 @@ import enum
 import json
 import logging
 import os
+import secrets
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..worker import protocol
-from ._errors import PredictTimeout, WorkerDied
+from ..worker import proctree, protocol
+from ._errors import PredictTimeout, ResponseTooLarge, WorkerDied
 
 __all__ = ["Worker", "WorkerState"]
 
@@ -31,6 +47,14 @@ worker_log = logging.getLogger("mlbuild.worker")  # the worker's own stderr, rel
 # (the common case) never wait.
 _STDERR_LINE_LIMIT = 1 << 20
 _EXIT_WAIT = 5.0  # after EOF, how long the process may take to exit before it is killed
+_BIG_FRAME = 1 << 20  # frames above this are read into one preallocated buffer
+_CONTROL_FRAME_MIN_CAP = 4 << 20  # HELLO (schemas) and ERROR (tracebacks) may exceed a tiny cap
+_DEFAULT_MAX_RESPONSE = 40 << 20
+
+STDERR_LINES_PER_S = 100.0  # model output relayed to the log, per worker (token bucket)
+STDERR_BURST = 200
+_DROP_REPORT_EVERY = 1.0  # seconds between "dropped K lines" warnings
+_DROP_READ = 1 << 16
 
 
 class WorkerState(enum.Enum):
@@ -51,10 +75,15 @@ class Worker:
         on_ready: Callable[[Worker], None],
         on_free: Callable[[Worker], None],
         on_lost: Callable[[Worker], None],
+        max_response_size: int = _DEFAULT_MAX_RESPONSE,
     ) -> None:
         self.slot = slot
         self._argv = list(argv)
-        self._env = dict(env)
+        # Every process the model starts inherits this tag: found by it after a crash.
+        self._token = f"{os.getpid()}-{slot}-{secrets.token_hex(8)}"
+        self._env = {**env, proctree.TOKEN_VAR: self._token}
+        self._max_response = max_response_size
+        self._max_control = max(max_response_size, _CONTROL_FRAME_MIN_CAP)
         self._cwd = cwd
         self._on_ready = on_ready
         self._on_free = on_free
@@ -73,7 +102,9 @@ class Worker:
         self._next_id = 1
         self._lost = False
         self._protocol_error: str | None = None
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=5)
+        self._stderr_tail: collections.deque[bytes] = collections.deque(maxlen=5)
+        self._dropped = 0  # model output lines dropped since the last report
+        self._drop_report: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
 
@@ -139,6 +170,9 @@ class Worker:
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
+        # While the worker lives, everything the model started is in its subreaper tree; once
+        # it is dead they scatter (the environment token still finds them, see _reap).
+        proctree.kill_descendants(proc.pid)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -198,12 +232,20 @@ class Worker:
         stdout = self.proc.stdout
         readexactly = stdout.readexactly
         header_size = protocol.HEADER.size
+        RESULT, max_response, max_control = protocol.RESULT, self._max_response, self._max_control
         try:
             while True:
                 header = await readexactly(header_size)
                 size, kind, request_id = protocol.decode_header(header)
-                payload = await readexactly(size) if size else b""
+                if size > (max_response if kind == RESULT else max_control):
+                    self._refuse(size, kind)
+                    break
+                if size <= _BIG_FRAME:
+                    payload = await readexactly(size) if size else b""
+                else:
+                    payload = await _read_big(stdout, size)
                 self._dispatch(kind, request_id, payload)
+                del payload  # a big answer is not kept alive by this frame while idle
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 self._protocol_error = f"stream ended inside a frame ({len(exc.partial)} bytes)"
@@ -221,6 +263,17 @@ class Worker:
         self._mark_lost()
         await self._reap()
 
+    def _refuse(self, size: int, kind: int) -> None:
+        """A frame past the cap: fail the request in flight, never read the bytes (the caller
+        kills the worker, which discards them with its pipe)."""
+        limit = self._max_response if kind == protocol.RESULT else self._max_control
+        self._protocol_error = (
+            f"{protocol.KIND_NAMES[kind]} frame of {size} bytes, more than max_response_size ({limit} bytes)"
+        )
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending[1].done():
+            pending[1].set_exception(ResponseTooLarge(limit, size, self.slot))
+
     async def _reap(self) -> None:
         proc = self.proc
         try:
@@ -232,8 +285,10 @@ class Worker:
         self.returncode = proc.returncode
         # Whatever the model started (a subprocess in load(), a data loader's helpers) would
         # outlive its worker and be re-parented to init, one more per crash: the worker led
-        # its own process group, whose id stays valid while any member lives.
+        # its own process group, whose id stays valid while any member lives. What left the
+        # group (setsid) carries the worker's token in its environment.
         _kill_group(proc.pid)
+        proctree.kill_tagged(self._token)
         self.exit_reason = self._describe_exit()
         pending, self._pending = self._pending, None
         if pending is not None and not pending[1].done():
@@ -292,18 +347,61 @@ class Worker:
             raise protocol.ProtocolError(f"worker sent {protocol.KIND_NAMES[kind]}")
 
     async def _relay_stderr(self) -> None:
+        """Relay the worker's stderr (the model's prints land there too) to the log, rate
+        limited by a token bucket: a model printing in a loop must neither flood the log nor
+        keep the event loop busy formatting records."""
         stream = self.proc.stderr
         fields = {"worker": self.slot, "pid": self.proc.pid}
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the limit: relay it in pieces
-                line = await stream.read(_STDERR_LINE_LIMIT)
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            self._stderr_tail.append(text)
-            worker_log.info(text, extra={"fields": fields})
+        tail = self._stderr_tail
+        tokens, last = float(STDERR_BURST), time.monotonic()
+        mid_line = False  # the previous block dropped the start of the current line
+        try:
+            while True:
+                now = time.monotonic()
+                tokens = min(STDERR_BURST, tokens + (now - last) * STDERR_LINES_PER_S)
+                last = now
+                if tokens < 1:
+                    # Over the rate: count lines in whole blocks, without splitting them.
+                    block = await stream.read(_DROP_READ)
+                    if not block:
+                        return
+                    self._drop(block.count(b"\n"))
+                    mid_line = not block.endswith(b"\n")
+                    cut = block.rfind(b"\n", 0, len(block) - 1)
+                    tail.append(block[cut + 1:])
+                    continue
+                try:
+                    line = await stream.readline()
+                except ValueError:  # a line longer than the limit: relay it in pieces
+                    line = await stream.read(_STDERR_LINE_LIMIT)
+                if not line:
+                    return
+                if mid_line:  # the end of a line whose start was dropped
+                    mid_line = False
+                    self._drop(1)
+                    continue
+                tokens -= 1
+                tail.append(line)
+                worker_log.info(line.decode("utf-8", "replace").rstrip("\n"), extra={"fields": fields})
+        finally:
+            self._report_dropped()
+
+    def _drop(self, lines: int) -> None:
+        self._dropped += lines
+        if self._drop_report is None:
+            loop = asyncio.get_running_loop()
+            self._drop_report = loop.call_later(_DROP_REPORT_EVERY, self._report_dropped)
+
+    def _report_dropped(self) -> None:
+        if self._drop_report is not None:
+            self._drop_report.cancel()
+            self._drop_report = None
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            worker_log.warning(
+                f"dropped {dropped} lines of worker output (over {STDERR_LINES_PER_S:g} lines/s)",
+                extra={"fields": {"worker": self.slot, "pid": self.pid, "dropped_lines": dropped}},
+            )
 
     # --- state -----------------------------------------------------------------------------
 
@@ -322,7 +420,8 @@ class Worker:
         if self._protocol_error:
             return f"worker protocol error: {self._protocol_error}"
         reason = self.exit_reason or "worker exited"
-        tail = next((t for t in reversed(self._stderr_tail) if t.strip()), None)
+        lines = (t.decode("utf-8", "replace").strip() for t in reversed(self._stderr_tail))
+        tail = next((t for t in lines if t), None)
         return f"{reason} before the model was ready" + (f" (last output: {tail.strip()})" if tail else "")
 
     def _describe_exit(self) -> str:
@@ -349,6 +448,24 @@ def _json(payload: bytes) -> dict:
     if not isinstance(value, dict):
         raise protocol.ProtocolError("control frame is not a JSON object")
     return value
+
+
+async def _read_big(stream: asyncio.StreamReader, size: int) -> bytearray:
+    """``size`` bytes into one buffer allocated once: readexactly() would grow the stream's
+    buffer to the whole frame and then copy it out (two copies of a big answer)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    pos = 0
+    try:
+        while pos < size:
+            chunk = await stream.read(min(size - pos, _BIG_FRAME))
+            if not chunk:
+                raise protocol.ProtocolError(f"stream ended inside a frame ({pos} of {size} bytes)")
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    finally:
+        view.release()
+    return buffer
 
 
 def _kill_group(pgid: int) -> None:

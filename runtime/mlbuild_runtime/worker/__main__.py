@@ -17,13 +17,15 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 from . import hints as H
+from . import proctree
 from . import protocol as P
+from .jsonscan import deeper_than, may_overflow
 from .loader import Entrypoint, import_entrypoint
 from .schema import input_schema, output_schema
-from .serialize import Unserializable, dumps
+from .serialize import dumps
 from .validate import InvalidInput, compile_hint, compile_input
 
 __all__ = ["main"]
@@ -79,12 +81,23 @@ def _take_protocol_fds() -> tuple:
     return proto_in, proto_out
 
 
+# An exception's text can be as large as the model likes (a repr of a huge array): the log
+# needs the start of the message and the end of the traceback, not megabytes of either.
+_MESSAGE_MAX = 8 << 10
+_TRACEBACK_MAX = 64 << 10
+
+
 def _failure(exc: BaseException) -> dict:
-    return {
-        "error_type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the worker down with it
+        message = "<unprintable %s>" % type(exc).__name__
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(message) > _MESSAGE_MAX:
+        message = message[:_MESSAGE_MAX] + "... (%d characters)" % len(message)
+    if len(tb) > _TRACEBACK_MAX:
+        tb = "... (%d characters)\n" % len(tb) + tb[-_TRACEBACK_MAX:]
+    return {"error_type": type(exc).__name__, "message": message, "traceback": tb}
 
 
 def _fatal(out: _Out, phase: str, exc: BaseException) -> None:
@@ -95,6 +108,7 @@ def _fatal(out: _Out, phase: str, exc: BaseException) -> None:
     except OSError:  # nobody listens: at least leave it in the log
         sys.stderr.write(payload["traceback"])
     _flush_stdio()
+    proctree.kill_descendants(os.getpid())  # what load() started dies with the worker
     os._exit(1)
 
 
@@ -110,21 +124,54 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf - inf is nan
+        raise ValueError(f"the number {text[:40]} is too large for a float (it overflows to infinity)")
+    return value
+
+
 _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+# Slower (a Python call per float): only for bodies that may hold an overflowing number.
+_decode_finite = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+
+_BOM = b"\xef\xbb\xbf"
+DEFAULT_MAX_JSON_DEPTH = 100
+DEFAULT_MAX_RESPONSE_SIZE = 40 << 20
 
 
-def _error_422(request_id: int, detail: list) -> bytes:
-    return P.encode(P.ERROR, request_id, json.dumps({"status": 422, "detail": detail}).encode())
+_MAX_ERRORS = 100  # a 10 MB body of wrong values must not become a 100 MB error answer
 
 
-def _error_500(request_id: int, exc: BaseException) -> bytes:
-    return P.encode(P.ERROR, request_id, json.dumps(dict(status=500, **_failure(exc))).encode())
+def _error_422(detail: list) -> tuple:
+    if len(detail) > _MAX_ERRORS:
+        more = len(detail) - _MAX_ERRORS
+        detail = detail[:_MAX_ERRORS] + [
+            {"loc": ["body"], "msg": "%d more errors not shown" % more, "type": "too_many_errors"}]
+    return P.ERROR, json.dumps({"status": 422, "detail": detail}).encode()
 
 
-def make_handler(entry: Entrypoint, predict: Callable[..., Any], run_async: Callable[[Any], Any]
-                 ) -> Callable[[int, bytes], bytes]:
-    """The per-request function: (request id, body) -> the RESULT or ERROR frame. All the
-    introspection happens here, once; the returned closure only parses, converts, calls, dumps."""
+def _invalid_json(msg: str, kind: str = "json_invalid") -> tuple:
+    return _error_422([{"loc": ["body"], "msg": msg, "type": kind}])
+
+
+def _error_500(exc: BaseException) -> tuple:
+    return P.ERROR, json.dumps(dict(status=500, **_failure(exc))).encode()
+
+
+# Sent when even building an error answer failed (MemoryError...): no allocation-heavy work.
+_LAST_RESORT = json.dumps({"status": 500, "error_type": "WorkerError",
+                           "message": "the worker could not build an answer", "traceback": ""}).encode()
+
+
+def make_handler(entry: Entrypoint, predict: Callable[..., Any], run_async: Callable[[Any], Any],
+                 *, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+                 max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+                 ) -> Callable[[int, bytes], Tuple[int, bytes]]:
+    """The per-request function: (request id, body) -> (RESULT or ERROR, payload). All the
+    introspection happens here, once; the returned closure only checks, parses, converts,
+    calls, dumps. It never raises: whatever the body or the model throws becomes an ERROR
+    (422 for the client's mistakes, 500 for the model's), so no input can end the worker."""
     params = entry.params
     wants_body = bool(params)
     single = H.single_input(params)
@@ -133,15 +180,31 @@ def make_handler(entry: Entrypoint, predict: Callable[..., Any], run_async: Call
     else:
         convert_all = compile_input(params)
     is_async = entry.is_async
-    encode, RESULT = P.encode, P.RESULT
+    RESULT = P.RESULT
+    too_deep = "nesting deeper than %d levels (MLBUILD_MAX_JSON_DEPTH)" % max_json_depth
+    too_large = "response larger than max_response_size (%d bytes)" % max_response_size
 
-    def handle(request_id: int, payload: bytes) -> bytes:
+    def parse(payload: bytes) -> Any:
+        """The decoded body, or an ERROR answer (a tuple)."""
+        if payload[:3] == _BOM:
+            return _invalid_json("body starts with a byte order mark (BOM); send JSON without it")
+        if deeper_than(payload, max_json_depth):
+            return _invalid_json(too_deep, "json_too_deep")
+        try:
+            text = payload.decode("utf-8")
+            return (_decode_finite if may_overflow(payload) else _decode)(text)
+        except RecursionError:  # a limit set above what this interpreter's stack allows
+            return _invalid_json(too_deep, "json_too_deep")
+        except (ValueError, TypeError, OverflowError) as e:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors; so are ints longer than
+            # sys.get_int_max_str_digits() and the NaN/infinity rejections above.
+            return _invalid_json(f"Invalid JSON: {e}")
+
+    def answer(payload: bytes) -> Tuple[int, bytes]:
         if wants_body:
-            try:
-                body = _decode(payload.decode("utf-8"))
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                return _error_422(request_id, [
-                    {"loc": ["body"], "msg": f"Invalid JSON: {e}", "type": "json_invalid"}])
+            body = parse(payload)
+            if type(body) is tuple:  # JSON has no tuples: this is an ERROR answer
+                return body
         try:
             if single:
                 args, kwargs = (convert_one(body),), {}
@@ -150,21 +213,49 @@ def make_handler(entry: Entrypoint, predict: Callable[..., Any], run_async: Call
             else:
                 args, kwargs = (), {}
         except InvalidInput as e:
-            return _error_422(request_id, e.detail)
+            return _error_422(e.detail)
+        except RecursionError:
+            return _invalid_json(too_deep, "json_too_deep")
         except Exception as e:  # the model's own validator (pydantic, __post_init__) broke
-            return _error_500(request_id, e)
+            return _error_500(e)
         try:
             result = predict(*args, **kwargs)
             if is_async or hasattr(result, "__await__"):
                 result = run_async(result)
-        except Exception as e:
-            return _error_500(request_id, e)
+        except BaseException as e:  # SystemExit, KeyboardInterrupt too: a 500, keep serving
+            return _error_500(e)
         try:
-            return encode(RESULT, request_id, dumps(result))
-        except Unserializable as e:
-            return _error_500(request_id, e)
+            data = dumps(result)
+        except Exception as e:  # Unserializable, or a model type's converter broke
+            return _error_500(e)
+        if len(data) > max_response_size:
+            # The answer never crosses the pipe: the server would refuse it anyway.
+            error = {"status": 500, "error": too_large, "error_type": "ResponseTooLarge",
+                     "message": "predict returned %d bytes of JSON, more than max_response_size "
+                                "(%d bytes, MLBUILD_MAX_RESPONSE_SIZE)" % (len(data), max_response_size),
+                     "traceback": ""}
+            return P.ERROR, json.dumps(error).encode()
+        return RESULT, data
+
+    def handle(request_id: int, payload: bytes) -> Tuple[int, bytes]:
+        try:
+            return answer(payload)
+        except BaseException as e:  # MemoryError while parsing or building an answer...
+            try:
+                return _error_500(e)
+            except BaseException:
+                return P.ERROR, _LAST_RESORT
 
     return handle
+
+
+def _limit(name: str, default: int) -> int:
+    """A positive int from the environment the server set (see protocol.py), else default."""
+    try:
+        value = int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def main() -> None:
@@ -172,6 +263,9 @@ def main() -> None:
     # The server owns shutdown (SHUTDOWN frame, or SIGTERM/SIGKILL); a Ctrl-C in its terminal
     # reaches our process group too and must not kill a request half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Orphans of whatever the model starts (setsid'd helpers, daemons) re-parent to us, so
+    # their tree stays findable and ends with the worker (proctree.py).
+    proctree.become_subreaper()
     out = _Out(proto_out)
     model_dir = os.path.abspath(os.environ.get("MODEL_DIR") or os.getcwd())
 
@@ -202,7 +296,11 @@ def main() -> None:
     started = time.perf_counter()
     try:
         predict = entry.load(runner.run)
-        handle = make_handler(entry, predict, runner.run)
+        handle = make_handler(
+            entry, predict, runner.run,
+            max_json_depth=_limit("MLBUILD_MAX_JSON_DEPTH", DEFAULT_MAX_JSON_DEPTH),
+            max_response_size=_limit("MLBUILD_MAX_RESPONSE_SIZE", DEFAULT_MAX_RESPONSE_SIZE),
+        )
     except BaseException as e:
         _fatal(out, "load", e)
     load_seconds = time.perf_counter() - started
@@ -216,12 +314,13 @@ def main() -> None:
 
     code = _serve(open(proto_in, "rb", buffering=1 << 16), out, handle)
     _flush_stdio()
+    proctree.kill_descendants(os.getpid())
     sys.exit(code)
 
 
-def _serve(reader: Any, out: _Out, handle: Callable[[int, bytes], bytes]) -> int:
-    write, fd = os.write, out.fd
-    REQUEST, SHUTDOWN = P.REQUEST, P.SHUTDOWN
+def _serve(reader: Any, out: _Out, handle: Callable[[int, bytes], Tuple[int, bytes]]) -> int:
+    fd = out.fd
+    REQUEST, SHUTDOWN, pack, header_size = P.REQUEST, P.SHUTDOWN, P.HEADER.pack, P.KIND_ID_SIZE
     while True:
         try:
             frame = P.read_frame(reader)
@@ -232,19 +331,33 @@ def _serve(reader: Any, out: _Out, handle: Callable[[int, bytes], bytes]) -> int
             return 0
         kind, request_id, payload = frame
         if kind == REQUEST:
-            response = handle(request_id, payload)
+            del frame
+            answer_kind, data = handle(request_id, payload)
+            del payload
+            header = pack(header_size + len(data), answer_kind, request_id)
             try:
-                n = write(fd, response)
-                if n < len(response):
-                    view = memoryview(response)[n:]
-                    while view:
-                        view = view[write(fd, view):]
+                if len(data) < _JOIN_BELOW:  # one write; joining small buffers is free
+                    _write_all(fd, header + data)
+                else:  # a big answer is written as is, never copied into a frame
+                    _write_all(fd, header)
+                    _write_all(fd, data)
             except OSError:  # BrokenPipe: the server went away mid-answer
                 return 1
         elif kind == SHUTDOWN:
             return 0
         else:
             sys.stderr.write(f"mlbuild worker: ignoring unexpected {P.KIND_NAMES[kind]} frame\n")
+
+
+_JOIN_BELOW = 1 << 16
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    if n < len(data):
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _safe(build: Callable[[], dict]) -> dict:

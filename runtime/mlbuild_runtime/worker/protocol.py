@@ -28,11 +28,30 @@ REQUEST    S→W   the raw JSON request body, as the client sent it (the server 
 RESULT     W→S   JSON bytes of the output
 ERROR      W→S   JSON: {"status": 422, "detail": [{"loc": [...], "msg", "type"}]} or
                  {"status": 500, "error_type", "message", "traceback"}; the server logs
-                 message/traceback and never sends them to the client
+                 message/traceback and never sends them to the client. A 500 the worker
+                 raises itself (not the model) may add "error": a short text that is safe
+                 to show the client (e.g. "response larger than max_response_size (N
+                 bytes)"); the server puts it in the client's "error" field
 SHUTDOWN   S→W   empty: finish and exit 0
 =========  ====  ====================================================================
 
 The request id of HELLO/READY/FATAL/SHUTDOWN is 0; RESULT/ERROR echo the REQUEST's id.
+
+Limits. The server passes its request-path limits in the worker's environment (read once at
+start; unset or invalid means the default):
+
+* ``MLBUILD_MAX_JSON_DEPTH`` (default 100): a body whose arrays/objects nest deeper gets
+  ERROR 422 (type ``json_too_deep``), found by a linear scan before anything is decoded.
+* ``MLBUILD_MAX_RESPONSE_SIZE`` (default 40 MiB): a RESULT payload larger than this is never
+  sent; the worker sends ERROR 500 with ``"error": "response larger than max_response_size
+  (N bytes)"`` instead. The server refuses (without reading it) any RESULT frame longer than
+  this, and any other frame longer than max(this, 4 MiB): it fails the request with 500 and
+  replaces the worker, as for any protocol violation.
+* ``MLBUILD_WORKER_TOKEN``: not read by the worker; a random tag that every process the model
+  starts inherits, so the server can end them all after the worker died (proctree.py).
+
+Every exception the body or the model raises (SystemExit and KeyboardInterrupt included)
+becomes an ERROR; only a crash of the interpreter itself ends the worker.
 """
 
 from __future__ import annotations

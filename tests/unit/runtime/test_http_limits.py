@@ -381,3 +381,29 @@ def test_refusal_log_is_one_line_per_limit_per_second_with_the_count_between():
     assert len(records) == 3
     assert "499 more like it" in records[-1].getMessage()
     assert records[-1].fields["suppressed"] == 499
+
+
+def _predict_count(server, status: int) -> float:
+    with server.connect(timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        _, _, body = read_response(s)
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("mlbuild_requests_total{") and 'route="/predict"' in line and f'status="{status}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_body_cut_by_its_timeout_never_reaches_the_worker(server):
+    # The client got its 408 from the protocol; the half body must not be sent to the worker
+    # and counted as the client's bad JSON (422): it is counted as 499, "client closed request".
+    before_422, before_499 = _predict_count(server, 422), _predict_count(server, 499)
+    with server.connect(timeout=5) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        s.sendall(b'{"a"')
+        assert Reader(s).response()[0] == 408
+    deadline = time.monotonic() + 5
+    while _predict_count(server, 499) == before_499 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _predict_count(server, 499) == before_499 + 1
+    assert _predict_count(server, 422) == before_422
