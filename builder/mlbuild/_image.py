@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -116,11 +117,30 @@ def _revision(directory: Path, runner: Runner | None) -> str | None:
 
 
 def _source() -> str | None:
-    if os.environ.get("MLBUILD_SOURCE_URL"):
-        return os.environ["MLBUILD_SOURCE_URL"]
-    server, repo = os.environ.get("GITHUB_SERVER_URL"), os.environ.get("GITHUB_REPOSITORY")
-    # Only a CI's own variables: a git remote URL can carry a token, and labels are public.
-    return f"{server}/{repo}" if server and repo else None
+    """The org.opencontainers.image.source label: MLBUILD_SOURCE_URL, else GitHub's
+    GITHUB_SERVER_URL/GITHUB_REPOSITORY, else None.
+
+    Labels are public, and CI variables carry tokens: GitLab's CI_REPOSITORY_URL, the obvious
+    thing to put in MLBUILD_SOURCE_URL, is ``https://gitlab-ci-token:TOKEN@host/group/project.git``.
+    So the user-info, the query and the fragment of the URL are silently dropped (the label
+    names the repository; none of them is part of that). A git remote URL is never read here,
+    for the same reason."""
+    value = os.environ.get("MLBUILD_SOURCE_URL")
+    if not value:
+        server, repo = os.environ.get("GITHUB_SERVER_URL"), os.environ.get("GITHUB_REPOSITORY")
+        value = f"{server}/{repo}" if server and repo else None
+    return None if value is None else _public_url(value)
+
+
+def _public_url(value: str) -> str:
+    """``value`` without user-info, query or fragment when it is a ``scheme://`` URL; as it is
+    otherwise (the label's own check refuses what cannot be a label value)."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def build_image(

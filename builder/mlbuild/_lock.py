@@ -15,8 +15,9 @@ pip-compile gets --no-emit-*), so the file never names a host.
 
 No credential is ever written either: the lock is baked into the image. A requirement or option
 whose URL carries credentials (``pkg @ https://user:TOKEN@host/pkg.whl``, ``--index-url
-https://TOKEN@host/simple``) is refused before the resolver runs, resolver output that holds one
-(echoed from a UV_INDEX_URL with credentials, say) is refused before the lock is written, and
+https://TOKEN@host/simple``, ``pkg @ https://host/pkg.whl?private_token=TOKEN``, a presigned
+``?X-Amz-Signature=...``: see _redact) is refused before the resolver runs, resolver output that
+holds one (echoed from a UV_INDEX_URL with credentials, say) is refused before the lock is written, and
 read_lock() refuses such a lock. Credentials reach uv through ~/.netrc, ``uv auth login`` or
 ``UV_INDEX_<NAME>_USERNAME``/``_PASSWORD``: the runner passes mlbuild's environment through. Any
 resolver output shown in an error has the credentials of its URLs masked.
@@ -41,7 +42,7 @@ from packaging.utils import canonicalize_name
 from . import __version__
 from ._errors import LockError, ResolutionError, StaleLockError
 from ._platforms import parse_platforms
-from ._redact import URL_USERINFO, find_credential_url, mask_url_credentials
+from ._redact import URL, find_credential_url, mask_url_credentials
 from ._runner import CommandFailed, Runner, SubprocessRunner, uv_binary
 from ._spec import LOCK_FILE, ModelSpec
 
@@ -114,8 +115,8 @@ def _locate(path: Path, line_text: str, seen: frozenset[Path] = frozenset()) -> 
     """``file:line`` of the source line holding the URL of ``line_text`` (a normalized requirement
     line, so the raw file is searched for its URL), following ``-r`` includes; None if not found.
     Runs only to word an error, so reading the file again here costs nothing on the normal path."""
-    m = URL_USERINFO.search(line_text)
-    needle = line_text[m.start():].split()[0] if m else line_text
+    m = URL.search(line_text)
+    needle = m.group(0) if m else line_text
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError):

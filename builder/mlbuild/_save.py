@@ -41,7 +41,7 @@ from ._infer_requirements import analyse_and_pickle
 from ._save_errors import SaveError
 from ._save_predict import Entry, describe_entry, render_predict
 from ._save_unpicklable import find_unpicklable
-from ._spec import _NAME_RE, _sanitize_name  # one naming rule for saved and hand-written models
+from ._values import NAME_RE, sanitize_name  # one naming rule for saved and hand-written models
 
 __all__ = [
     "SaveError",
@@ -79,7 +79,7 @@ def _default_name(obj: object) -> str:
     raw = getattr(obj, "__name__", None) if callable(obj) and not hasattr(obj, "predict") else None
     raw = raw or type(obj).__name__
     # CamelCase -> camel-case, then anything outside the image-name alphabet -> "-".
-    return _sanitize_name(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", raw))
+    return sanitize_name(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", raw))
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -236,7 +236,7 @@ def save(
     target_python = _check_python_arg(python)
     if name is None:
         name = _default_name(obj)
-    elif not isinstance(name, str) or not _NAME_RE.match(name):
+    elif not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SaveError(
             f"mlbuild.save(): name={name!r} is not a valid model name",
             hint="use lowercase letters and digits, parts joined by single '.', '_' or '-' (an image name)",

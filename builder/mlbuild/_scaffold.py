@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ._errors import ConfigError
-from ._spec import _sanitize_name
+from ._values import sanitize_name
 
 _PREDICT = '''"""Entrypoint: mlbuild calls Model().load() once per worker, then predict() per request."""
 
@@ -43,7 +43,7 @@ version = "0.1.0"
 def _sanitize(name: str) -> str:
     # The spec's own rule, so the name written into mlbuild.toml is one load_spec accepts
     # ("a..b" or a 300-character name used to give a config that failed to load).
-    return _sanitize_name(name)
+    return sanitize_name(name)
 
 
 def scaffold(directory: Path, *, name: str | None = None) -> list[Path]:

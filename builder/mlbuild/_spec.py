@@ -28,10 +28,8 @@ index options (``--index-url`` ...) are refused so that no host name ends up in 
 image: set ``UV_INDEX_URL`` / ``UV_EXTRA_INDEX_URL`` (or pip's variables) in the environment.
 
 Every value that reaches the Dockerfile (or a command line) is checked against an allow-list by
-*full* match (``re.fullmatch`` / ``\A...\Z``; never ``re.match(...$)``, whose ``$`` also matches
-before a trailing newline: that is how ``"bash\n"`` once passed as a package name and became a
-RUN step). ENV and LABEL values are free text, so they are checked by what they may not hold
-(see ``_text_problem``) and quoted by the template's ``dq`` filter.
+*full* match; the rules live in ``_values``, shared with the render. An ``[env]`` or ``[labels]``
+value holding a URL with credentials is refused: both ship, readable, with every copy of the image.
 
 Precedence, highest first: an explicit override (``SpecOverrides``, from the CLI or the API) >
 the config file > the inferred default.
@@ -43,17 +41,31 @@ import difflib
 import hashlib
 import re
 import sys
-import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ._entrypoint import find_entrypoint
 from ._errors import ConfigError, EntrypointError
-from ._oci.reference import DEFAULT_REGISTRY_ENV, parse_reference
+from ._values import (
+    ALLOWED,
+    ENTRYPOINT_RE,
+    GLOB_HINT,
+    NAME_RE,
+    SUPPORTED_PYTHONS,
+    TAG_RE,
+    base_image_problem,
+    credential_problem,
+    debian_package_problem,
+    requirements_path_problem,
+    sanitize_name,
+    show,
+    table_item_problem,
+    unsafe_char,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,136 +85,6 @@ __all__ = [
 CONFIG_FILE = "mlbuild.toml"
 PYPROJECT = "pyproject.toml"
 LOCK_FILE = "mlbuild.lock"
-# The server env's lock (mlbuild/_data/server.lock) covers exactly these.
-SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
-
-# Every pattern is anchored with \A ... \Z, so even a caller that uses .match() (mlbuild._save
-# does, with _NAME_RE) gets a full match: `$` would also match before a trailing "\n".
-# Docker reference grammar: path components of lowercase alnum separated by ., _, __ or -s.
-_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"\A{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*\Z")
-_TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-_ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,254}\Z")
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_ENTRYPOINT_RE = re.compile(rf"\A{_IDENT}(?:\.{_IDENT})*:{_IDENT}\Z")
-# What `apt-get install` takes, and nothing of what it would read as more than a package:
-#   name      Debian policy 5.6.1: [a-z0-9][a-z0-9+.-]+ (two chars at least), here also not ending
-#             in "-", which apt-get reads as "remove this package"
-#   :arch     e.g. libc6:amd64 (multiarch)
-#   =version  e.g. curl=7.88.1-10+deb12u5: policy 5.6.12 characters, starting with a digit (an
-#             epoch or an upstream version) and not ending in "-" (apt's remove suffix again)
-#   /release  e.g. libgomp1/bookworm-backports
-# None of these characters is special to the shell in the middle of a word, so the list is
-# written into the RUN step as plain words.
-_DEBIAN_PKG_RE = re.compile(
-    r"\A[a-z0-9][a-z0-9+.-]*[a-z0-9+.]"
-    r"(?::[a-z0-9]+(?:-[a-z0-9]+)*)?"
-    r"(?:=[0-9](?:[A-Za-z0-9.+~:-]*[A-Za-z0-9.+~:])?|/[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)?\Z"
-)
-_DEBIAN_PKG_MAX = 200
-_LABEL_KEY_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
-# base_image lands in FROM and, in the venvs step, inside a double-quoted shell string that runs
-# as root: only characters that are inert in both places (no space, quote, $, `, \, control or
-# non-ASCII character), then the reference grammar for anything that is not a local path.
-_BASE_IMAGE_RE = re.compile(r"\A[A-Za-z0-9._/:@+-]{1,1024}\Z")
-_BASE_PATH_PREFIXES = ("oci:", "docker-archive:")  # the oci backend's local sources (_oci/base.py)
-# ENV/LABEL values: a Dockerfile line holds at most 64 KiB for Docker's parser (bufio.Scanner's
-# default token size); 16 KiB, even with every byte escaped, stays well below that.
-_TEXT_MAX_BYTES = 16384
-
-# What each key accepts, for error messages ("bad values name file + key + what is allowed").
-_ALLOWED: dict[str, str] = {
-    "name": "a lowercase image name: letters, digits and . _ - (and / between parts)",
-    "version": "an image tag: letters, digits, _ . - (at most 128, not starting with . or -)",
-    "entrypoint": "a string 'module:attr', e.g. 'predict:Model' (ASCII letters, digits, _ and .)",
-    "python": "one of " + ", ".join(repr(p) for p in SUPPORTED_PYTHONS) + " (a string)",
-    "requirements": "a path relative to the model directory, as a string (no control characters)",
-    "base_image": "an image reference string, e.g. 'python:3.11-slim' or 'registry.example.com/team/py:3.11' "
-    "(or oci:DIR, docker-archive:FILE, docker:REF, /path, ./path); letters, digits and . _ / : @ + - only",
-    "system_packages": "a list of Debian package names, e.g. ['libgomp1'], each optionally with "
-    ":arch, =version or /release",
-    "env": "a table of NAME = \"value\" strings (NAME: letters, digits, _; value: one line of text, "
-    f"no control characters, at most {_TEXT_MAX_BYTES} bytes)",
-    "labels": "a table of \"key\" = \"value\" strings (key: letters, digits, . _ / -; value: one line "
-    f"of text, no control characters, at most {_TEXT_MAX_BYTES} bytes)",
-    "include": "a list of glob strings, e.g. ['artifacts/**']",
-    "exclude": "a list of glob strings, e.g. ['data/raw/**']",
-    "port": "an integer from 1 to 65535",
-}
-_GLOB_HINT = ("globs use * and ? (within one path part), ** (across parts) and [abc], [a-z], [!abc] "
-              "classes with ranges written low-high; for a literal '[' write '[[]'")
-
-
-def _sanitize_name(text: str) -> str:
-    """A name _NAME_RE accepts, from any text (a directory name, `mlbuild init --name`)."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
-    name = re.sub(r"[._-]{2,}", "-", name).strip("._-")
-    return name[:128].rstrip("._-") or "model"  # cut first, strip after: no trailing separator
-
-
-def _show(value: str, limit: int = 80) -> str:
-    """``repr`` of a value for a one-line message: escapes every line break, cuts long values."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
-
-
-# Control characters have no Unicode name; the ones people meet get a word.
-_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte",
-                  "\v": "a vertical tab", "\f": "a form feed", "\x85": "NEXT LINE, a line break",
-                  "\x1c": "a file separator, a line break", "\x1d": "a group separator, a line break",
-                  "\x1e": "a record separator, a line break"}
-
-
-def _char(ch: str) -> str:
-    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ch, "a control character")
-    return f"U+{ord(ch):04X} ({name})"
-
-
-def _unsafe_char(text: str) -> str | None:
-    """The first character no config text may hold, described; None when there is none.
-
-    Control characters (C0 with tab, DEL, C1 with U+0085), U+2028/U+2029 and lone surrogates:
-    every one of str.splitlines()' separators is among them, so no parser can see a line break.
-    """
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
-            return _char(ch)
-    return None
-
-
-def _text_problem(value: str) -> str | None:
-    r"""Why ``value`` cannot be an ENV or LABEL value; None when it can.
-
-    Refused, not escaped: a double-quoted Dockerfile word has no escape for a line break (Docker's
-    lexer keeps ``\n`` as a backslash and an n), and a tab or another control character in an
-    image's environment is a mistake far more often than data. What *can* be escaped (``"``,
-    ``\``, ``$``) is accepted and escaped by the template's ``dq`` filter."""
-    bad = _unsafe_char(value)
-    if bad is not None:
-        return f"contains {bad}, which an ENV or LABEL value cannot hold (one line of text, no control characters)"
-    if len(value.encode("utf-8")) > _TEXT_MAX_BYTES:
-        return f"is longer than {_TEXT_MAX_BYTES} bytes"
-    return None
-
-
-def _base_image_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a base image; None when it can. The same check runs for the
-    config key, the --base override (through SpecOverrides) and the render itself."""
-    if not _BASE_IMAGE_RE.fullmatch(value):
-        bad = _unsafe_char(value) or next(
-            (repr(c) for c in value if not re.fullmatch(r"[A-Za-z0-9._/:@+-]", c)), "its length")
-        return (f"not an image reference: {bad} is not allowed (letters, digits and . _ / : @ + - only, "
-                "at most 1024)")
-    if value.startswith(_BASE_PATH_PREFIXES):
-        return None if value.partition(":")[2] else "not an image reference: the path after the ':' is missing"
-    if value.startswith(("/", "./", "../")):
-        return None  # a local layout or archive for the oci backend
-    try:  # only the grammar matters: any registry resolves a short name here
-        parse_reference(value.removeprefix("docker:"), env={DEFAULT_REGISTRY_ENV: "localhost"})
-    except ConfigError as exc:
-        return "not an image reference: " + str(exc).split(": ", 1)[-1]
-    return None
-
-
 def _default_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -237,8 +119,24 @@ class SpecOverrides(BaseModel):
     version: str | None = None
 
 
+# The plain allow-lists: key -> whether a value passes (the message is "expected ALLOWED[key]").
+_KEY_RULES: dict[str, Callable[[str], bool]] = {
+    "name": lambda v: len(v) <= 255 and NAME_RE.fullmatch(v) is not None,
+    "version": lambda v: TAG_RE.fullmatch(v) is not None,
+    "entrypoint": lambda v: ENTRYPOINT_RE.fullmatch(v) is not None,
+    "python": lambda v: v in SUPPORTED_PYTHONS,
+}
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(problem)
+
+
 class ModelSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input: pydantic's own message would quote a refused value whole (a URL's credentials);
+    # load_spec words the error itself, from errors(), which still has the input.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     directory: Path
     config_file: Path | None = None
@@ -262,71 +160,30 @@ class ModelSpec(BaseModel):
             raise ValueError("must be an absolute path")
         return v
 
-    @field_validator("name")
+    @field_validator(*_KEY_RULES)
     @classmethod
-    def _name(cls, v: str) -> str:
-        if len(v) > 255 or not _NAME_RE.fullmatch(v):
-            raise ValueError("expected " + _ALLOWED["name"])
-        return v
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        if not _TAG_RE.fullmatch(v):
-            raise ValueError("expected " + _ALLOWED["version"])
-        return v
-
-    @field_validator("entrypoint")
-    @classmethod
-    def _entrypoint(cls, v: str) -> str:
-        if not _ENTRYPOINT_RE.fullmatch(v):
-            raise ValueError("expected " + _ALLOWED["entrypoint"])
-        return v
-
-    @field_validator("python")
-    @classmethod
-    def _python(cls, v: str) -> str:
-        if v not in SUPPORTED_PYTHONS:
-            raise ValueError("expected " + _ALLOWED["python"])
+    def _allowed(cls, v: str, info: ValidationInfo) -> str:
+        if not _KEY_RULES[info.field_name](v):
+            raise ValueError("expected " + ALLOWED[info.field_name])
         return v
 
     @field_validator("base_image")
     @classmethod
     def _base_image(cls, v: str | None) -> str | None:
-        if v is not None:
-            problem = _base_image_problem(v)
-            if problem is not None:
-                raise ValueError(problem)
+        _refuse(None if v is None else base_image_problem(v))
         return v
 
     @field_validator("system_packages")
     @classmethod
     def _system_packages(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for pkg in v:
-            if len(pkg) > _DEBIAN_PKG_MAX or not _DEBIAN_PKG_RE.fullmatch(pkg):
-                raise ValueError(f"{_show(pkg)} is not a Debian package name; expected {_ALLOWED['system_packages']}")
+        _refuse(debian_package_problem(v))
         return tuple(sorted(set(v)))
 
-    @field_validator("env")
+    @field_validator("env", "labels")
     @classmethod
-    def _env(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    def _table(cls, v: tuple[tuple[str, str], ...], info: ValidationInfo) -> tuple[tuple[str, str], ...]:
         for key, value in v:
-            if not _ENV_NAME_RE.fullmatch(key):
-                raise ValueError(f"{_show(key)} is not a valid environment variable name (letters, digits, _)")
-            problem = _text_problem(value)
-            if problem is not None:
-                raise ValueError(f"the value of {key!r}, {_show(value)}, {problem}")
-        return tuple(sorted(v))
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        for key, value in v:
-            if not _LABEL_KEY_RE.fullmatch(key):
-                raise ValueError(f"{_show(key)} is not a valid label key (letters, digits, . _ / -)")
-            problem = _text_problem(value)
-            if problem is not None:
-                raise ValueError(f"the value of {key!r}, {_show(value)}, {problem}")
+            _refuse(table_item_problem(info.field_name, key, value))
         return tuple(sorted(v))
 
     @field_validator("include", "exclude")
@@ -337,13 +194,13 @@ class ModelSpec(BaseModel):
         for pattern in v:
             # Globs reach no template, but a line break in one is never meant and would make
             # every message that quotes it ambiguous.
-            bad = _unsafe_char(pattern)
+            bad = unsafe_char(pattern)
             if bad is not None:
-                raise ValueError(f"{_show(pattern)} is not a valid glob: contains {bad}")
+                raise ValueError(f"{show(pattern)} is not a valid glob: contains {bad}")
             try:
                 check_glob(pattern)
             except ValueError as exc:
-                raise ValueError(f"{_show(pattern)} is not a valid glob: {exc}") from None
+                raise ValueError(f"{show(pattern)} is not a valid glob: {exc}") from None
         return v
 
     @property
@@ -441,8 +298,8 @@ def _validate_table(raw: Mapping[str, Any], where: str) -> _ConfigTable:
         value = raw.get(key)
         raise ConfigError(
             f"{where}: bad value for {key!r}{sub}: got {_type_name(value)} {value!r}; "
-            f"expected {_ALLOWED.get(key, err['msg'])}",
-            hint=f"set {key} to {_ALLOWED.get(key, 'a valid value')}",
+            f"expected {ALLOWED.get(key, err['msg'])}",
+            hint=f"set {key} to {ALLOWED.get(key, 'a valid value')}",
         ) from None
 
 
@@ -526,18 +383,18 @@ def _requirements_source(
     directory: Path, configured: str | None, where: str, pyproject: dict[str, Any] | None
 ) -> RequirementsSource:
     if configured is not None:
-        problem = _requirements_path_problem(configured)
+        problem = requirements_path_problem(configured)
         if problem is not None:
             raise ConfigError(
-                f"{where}: key 'requirements': bad value {_show(configured)}: {problem}",
-                hint=f"requirements must be {_ALLOWED['requirements']}, e.g. 'requirements/prod.txt'",
+                f"{where}: key 'requirements': bad value {show(configured)}: {problem}",
+                hint=f"requirements must be {ALLOWED['requirements']}, e.g. 'requirements/prod.txt'",
             )
         path = (directory / configured).resolve()
         try:
             found = path.is_file()
         except OSError as exc:  # e.g. a name longer than the file system allows
             raise ConfigError(
-                f"{where}: key 'requirements': cannot use {_show(configured)}: {exc.strerror}",
+                f"{where}: key 'requirements': cannot use {show(configured)}: {exc.strerror}",
                 hint="fix the path (it is relative to the model directory) or remove the key",
             ) from None
         if not found:
@@ -558,19 +415,6 @@ def _requirements_source(
     if pyproject is not None and "dependencies" in _subtable(pyproject, "project", directory / PYPROJECT):
         return _pyproject_requirements(directory / PYPROJECT, pyproject)
     return RequirementsSource(kind="none")
-
-
-def _requirements_path_problem(value: str) -> str | None:
-    """The path is opened and quoted in the lock step's messages: one plain relative path,
-    nothing that could read as a second line (or, written anywhere later, as an option)."""
-    bad = _unsafe_char(value)
-    if bad is not None:
-        return f"contains {bad}"
-    if not value.strip() or value != value.strip():
-        return "is empty or has spaces around it"
-    if value.startswith(("/", "~", "-")):
-        return "must be a path relative to the model directory (not absolute, not starting with ~ or -)"
-    return None
 
 
 def _subtable(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -640,7 +484,7 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
         # The entrypoint becomes an ENV value and a worker argument; only its grammar's characters
         # (the format itself is checked, with a better message, by find_entrypoint).
         raise EntrypointError(
-            f"{where}: key 'entrypoint': bad value {_show(table.entrypoint)}: expected {_ALLOWED['entrypoint']}",
+            f"{where}: key 'entrypoint': bad value {show(table.entrypoint)}: expected {ALLOWED['entrypoint']}",
             hint="write it as module:attr, e.g. entrypoint = \"predict:Model\"",
         )
     ep_source = f"{where}: key 'entrypoint'" if table.entrypoint is not None else "default entrypoint"
@@ -658,7 +502,7 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
             values[key], origin[key] = getattr(table, key), f"{where}: key {key!r}"
     if "python" not in values:
         values["python"], origin["python"] = _default_python(), "default python (this interpreter's version)"
-    values.setdefault("name", _sanitize_name(directory.name))
+    values.setdefault("name", sanitize_name(directory.name))
     origin.setdefault("name", f"name derived from directory {directory.name!r}")
     if table.port is not None:
         values["port"], origin["port"] = table.port, f"{where}: key 'port'"
@@ -666,6 +510,15 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
         if getattr(table, key) is not None:
             values[key], origin[key] = tuple(getattr(table, key)), f"{where}: key {key!r}"
     for key in ("env", "labels"):
+        for item, text in (getattr(table, key) or {}).items():
+            problem = credential_problem(text)  # the message shows the URL masked
+            if problem is not None:
+                raise ConfigError(
+                    f"{where}: table [{key}]: key {item!r}: the value {problem}; refusing to bake it into the image",
+                    hint="put the secret in the runtime environment instead (docker run -e NAME=..., a Kubernetes "
+                    "Secret or your platform's secret store), never in the image: labels are public and ENV "
+                    "values ship with every copy of it",
+                )
         if getattr(table, key) is not None:
             values[key], origin[key] = tuple(getattr(table, key).items()), f"{where}: table [{key}]"
 
@@ -682,8 +535,8 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
         key = str(err["loc"][0])
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
-        shown = f" {_show(value)}" if isinstance(value, str) else f" {value!r}" if isinstance(value, (int, float)) else ""
-        hint = f"{key} must be {_ALLOWED.get(key, 'valid')}"
+        shown = f" {show(value)}" if isinstance(value, str) else f" {value!r}" if isinstance(value, (int, float)) else ""
+        hint = f"{key} must be {ALLOWED.get(key, 'valid')}"
         if key in ("include", "exclude"):
-            hint = f"fix the pattern: {_GLOB_HINT}"
+            hint = f"fix the pattern: {GLOB_HINT}"
         raise ConfigError(f"{origin.get(key, key)}: bad value{shown}: {msg}", hint=hint) from None

@@ -21,7 +21,7 @@ import jinja2
 
 from . import __version__
 from ._errors import BuildError, ConfigError, MlbuildError
-from ._spec import _base_image_problem, _show, _text_problem  # one rule for the spec and the render
+from ._values import base_image_problem, credential_problem, show, text_problem  # the spec's rules
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._lock import Lock
@@ -129,27 +129,37 @@ def _dockerfile_quote(value: object) -> str:
     any of str.splitlines()' separators or another control character is refused here: the last
     guard, behind the spec's own checks, for values that never went through the spec."""
     text = str(value)
-    problem = _text_problem(text)
+    problem = text_problem(text)
     if problem is not None:
         raise ConfigError(
-            f"value {_show(text)} {problem}",
+            f"value {show(text)} {problem}",
             hint="use one line of text without control characters",
         )
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def _check_baked(kind: str, items: Mapping[str, str]) -> None:
-    """Refuse, naming the key, an ENV/LABEL value the dq filter could not quote. The spec checked
-    the user's own; this catches those mlbuild adds from its environment (a source URL from
+    """Refuse, naming the key, an ENV/LABEL value the dq filter could not quote or that holds a URL
+    with credentials. The spec checked the user's own; this catches those mlbuild adds from its environment (a source URL from
     MLBUILD_SOURCE_URL or the CI's variables, a revision) before any template runs, and holds for
     the oci backend too, which bakes the same values without a Dockerfile."""
     for key, value in items.items():
-        problem = _text_problem(value)
+        problem = text_problem(value)
         if problem is not None:
             raise ConfigError(
-                f"{kind} {key!r}: value {_show(value)} {problem}",
+                f"{kind} {key!r}: value {show(value)} {problem}",
                 hint="check the environment it came from (MLBUILD_SOURCE_URL, GITHUB_SERVER_URL, "
                 "GITHUB_REPOSITORY, GITHUB_SHA) or the model's mlbuild.toml",
+            )
+        # Labels are public and ENV ships with every copy: no URL with credentials, whoever set it
+        # (build_image strips them from the source URL; a caller handing one in is refused).
+        problem = credential_problem(value)
+        if problem is not None:
+            raise ConfigError(
+                f"{kind} {key!r}: the value {problem}; refusing to bake it into the image",
+                hint="remove the credentials from the URL where it came from (BuildOptions/ContextLayout "
+                "source, the model's mlbuild.toml); a secret belongs in the runtime environment "
+                "(docker run -e, a secret store), never in the image",
             )
 
 
@@ -281,10 +291,10 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
     # The FROM lines' values; base_image also sits in a double-quoted shell string of the venvs
     # RUN step. The spec checked its own, this holds for a base handed in through the layout.
     for key in ("base_image", "env_image"):
-        problem = _base_image_problem(variables[key]) if variables[key] else None
+        problem = base_image_problem(variables[key]) if variables[key] else None
         if problem is not None:
             raise ConfigError(
-                f"{key.replace('_', ' ')} {_show(variables[key])}: {problem}",
+                f"{key.replace('_', ' ')} {show(variables[key])}: {problem}",
                 hint="name the base as an image reference, e.g. python:3.11-slim",
             )
     try:
@@ -350,8 +360,13 @@ def dockerfile_for(path: str | os.PathLike[str], *, base_image: str | None = Non
     overrides = None
     if base_image is not None or python is not None:
         overrides = SpecOverrides(python=python, base_image=base_image)
+    from ._backends.docker import engine_base_image  # the backend imports this module
+
     spec = load_spec(Path(path), overrides=overrides)
+    # A Dockerfile's FROM names an image: docker:REF is REF, a local layout or archive is refused
+    # as the docker backend refuses it (before the lock, which may cost a resolution).
+    base = engine_base_image(spec.resolved_base_image)
     lock = ensure_lock(spec)
     files = select_model_files(spec)
     has_artifacts = any(p.as_posix() != MODEL_TEMPLATE_NAME for p in files.artifacts)
-    return render_dockerfile(spec, lock, ContextLayout(has_artifacts=has_artifacts))
+    return render_dockerfile(spec, lock, ContextLayout(has_artifacts=has_artifacts, base_image=base))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._context import BuildContext, ContextEntry, context_for_app, context_for_env, env_layer_tar, full_context
-from .._errors import BuildError, EngineUnavailableError
+from .._errors import BuildError, ConfigError, EngineUnavailableError
 from .._templates import (
     IMAGE_PATHS,
     MODEL_TEMPLATE_NAME,
@@ -34,6 +34,7 @@ from .._templates import (
     render_dockerfile,
     render_dockerignore,
 )
+from .._values import base_image_problem, is_local_base, show
 from . import BuildOptions, ImageResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._lock import Lock
     from .._spec import ModelSpec
 
-__all__ = ["DockerBackend", "ENV_CACHE_REPOSITORY", "engine_answers", "engine_client", "engine_address"]
+__all__ = [
+    "DockerBackend", "ENV_CACHE_REPOSITORY", "engine_answers", "engine_client", "engine_address", "engine_base_image",
+]
 
 ENV_CACHE_REPOSITORY = "mlbuild-cache/env"
 _STEP_RE = re.compile(r"^Step \d+/\d+ : ")
@@ -86,6 +89,25 @@ def engine_answers(client_factory: Callable[[], Any] | None = None) -> bool:
     return True
 
 
+def engine_base_image(base_image: str) -> str:
+    """The name the engine knows ``base_image`` by (``docker:REF`` is REF), checked before it
+    reaches the engine's API; a ConfigError for a value that is no image reference, and for the
+    oci backend's local forms (``oci:DIR``, ``docker-archive:FILE``, ``/path``, ``./path``), which
+    the engine would look up, or pull, as an image name."""
+    problem = base_image_problem(base_image)
+    if problem is not None:
+        raise ConfigError(f"base image {show(base_image)}: {problem}",
+                          hint="name the base as an image reference, e.g. python:3.11-slim")
+    if is_local_base(base_image):
+        raise ConfigError(
+            f"base image {show(base_image)} is a local image layout or archive; the docker backend "
+            "only builds from images the engine has or can pull",
+            hint="build with --backend oci (it reads oci:DIR, docker-archive:FILE and paths), or load the "
+            "image into the engine (docker load -i FILE) and name it by its tag",
+        )
+    return base_image.removeprefix("docker:")
+
+
 class DockerBackend:
     name = "docker"
 
@@ -104,7 +126,7 @@ class DockerBackend:
         from .._files import select_model_files
 
         started = time.monotonic()
-        base_image = options.base_image or spec.resolved_base_image
+        base_image = engine_base_image(options.base_image or spec.resolved_base_image)  # before any engine call
         files = select_model_files(spec)
         base_id = self._ensure_base(base_image, options)
         base_digest = self._base_digest(base_image)

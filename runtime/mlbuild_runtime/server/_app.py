@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
+from ._budget import BodyBudget
 from ._health import Health
 from ._metrics import Metrics
 from ._middleware import ObserveMiddleware
@@ -90,7 +91,10 @@ def create_app(settings: Settings, pool: Pool | None = None) -> FastAPI:
     app.state.pool = pool
     app.state.metrics = metrics
 
-    predictor = PredictHandler(pool, settings.max_body_size)
+    # One budget of request-body bytes for the whole server, shared by every predict door
+    # (one handler serves them all), exported and counted in /metrics.
+    predictor = PredictHandler(pool, settings.max_body_size, BodyBudget(settings.max_body_bytes_in_flight))
+    metrics.watch_body_budget(predictor.budget)
 
     predict_paths = ["/predict", "/invocations"]
     if settings.predict_route and settings.predict_route not in predict_paths:

@@ -1,5 +1,5 @@
 """HTTP/1.1 limits on what a client can make the server hold: header size and count, time to
-send headers and body, idle keep-alive, open connections.
+send headers and body, idle keep-alive, open connections, time to take an answer.
 
 uvicorn (0.54, httptools parser) has none of them: httptools buffers a header line until it
 ends, so a never-ending header grows without bound, and a connection that stops sending is
@@ -9,7 +9,9 @@ enforces the limits before bytes reach the parser:
 - head size: bytes fed to the parser for the request line + headers are counted and never
   exceed ``max_header_size``; a chunk that crosses the limit is fed only up to it (a
   memoryview, no copy), and if the head is still incomplete the answer is 431. After the
-  head, chunk framing and trailers (bytes that yield no body) get the same allowance.
+  head, chunk framing and trailers (bytes that yield no body) get the same allowance. A head
+  that begins in the read that ended the previous request (pipelining) is counted too (see
+  ``_count_late_head``), and its header timer runs.
 - header count: ``on_header`` counts fields (trailers included); past the limit, 431.
 - timers: one ``call_later`` slot, armed only when a request is split across reads. Header
   timer from the first byte of a request, body timer from the end of its head; none while the
@@ -17,33 +19,38 @@ enforces the limits before bytes reach the parser:
   uvicorn's keep-alive timer, which this class also arms on a fresh connection.
 - connections: past ``max_connections`` open, a new connection gets 503 + Retry-After before
   anything is read or parsed.
+- send timeout: while answer bytes wait in the transport's write buffer (the transport paused
+  writing, or a response ended with bytes left), a watchdog checks every ``send_timeout``
+  seconds that some left; if none did, the connection is aborted (``close()`` would wait for
+  the buffer forever), the request's cycle marked disconnected.
 
 Every refusal is raw bytes (``Connection: close``, a JSON body naming the limit and its
 setting), then a *lingering close*: FIN after the answer, reading and discarding what the
 client still sends for a short while, then close. Closing with unread bytes would make the
-kernel send RST, and a client still uploading would often lose the answer.
+kernel send RST, and a client still uploading would often lose the answer. A refusal of a
+request queued behind one still being answered is written right after that answer. The
+answers and the rate-limited log live in _refusals.py.
 
 uvicorn internals relied on (pinned in the server lock): ``HttpToolsProtocol`` attributes
 ``parser``, ``cycle``, ``flow``, ``connections``, ``headers``, ``expect_100_continue``,
 ``timeout_keep_alive(_task)``, ``loop``, ``transport`` and the methods ``send_400_response``,
 ``_should_upgrade``, ``handle_websocket_upgrade``, ``_unsupported_upgrade_warning``,
-``_unset_keepalive_if_required``, ``timeout_keep_alive_handler``; ``RequestResponseCycle``
-fields ``response_started``, ``response_complete``, ``keep_alive``, ``disconnected``,
-``message_event``. ``data_received`` and ``on_header`` are re-implemented (same behaviour plus
-the limits) because the limits must act before and inside the parser.
+``_unset_keepalive_if_required``, ``timeout_keep_alive_handler``, ``pause_writing``,
+``resume_writing``, ``url``, ``pipeline``, ``server_state.total_requests``;
+``FlowControl.write_paused``; ``RequestResponseCycle`` fields ``response_started``,
+``response_complete``, ``keep_alive``, ``disconnected``, ``message_event``.
+``data_received`` and ``on_header`` are re-implemented (same behaviour plus the limits) because
+the limits must act before and inside the parser.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LIMIT_NAMES", "HttpLimits", "HttpLimitsUnavailable", "RefusalLog", "limited_protocol"]
+from ._refusals import LIMIT_NAMES, RefusalLog, refusal_answers
 
-log = logging.getLogger("mlbuild.http")
+__all__ = ["LIMIT_NAMES", "HttpLimits", "HttpLimitsUnavailable", "limited_protocol"]
 
 try:
     import httptools
@@ -55,34 +62,6 @@ else:
     _IMPORT_ERROR = None
 
 
-class RefusalLog:
-    """One warning line per limit per ``interval`` seconds; the refusals in between are
-    counted and reported on the next line (``"… (and 812 more like it since the last
-    line)"``). A flood must not turn into a disk-filling log: the 12-connection header flood
-    of tests/integration/runtime/test_hostile_image.py is ~600 refusals a second. The exact
-    count of every refusal is in /metrics (mlbuild_http_limit_rejections_total)."""
-
-    def __init__(self, logger: logging.Logger = log, interval: float = 1.0, clock=None) -> None:
-        self._log = logger
-        self._interval = interval
-        self._clock = clock or time.monotonic
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def refused(self, limit: str, message: str, fields: dict) -> None:
-        now = self._clock()
-        last = self._last.get(limit)
-        if last is not None and now - last < self._interval:
-            self._suppressed[limit] = self._suppressed.get(limit, 0) + 1
-            return
-        self._last[limit] = now
-        more = self._suppressed.pop(limit, 0)
-        if more:
-            fields = {**fields, "suppressed": more}
-            message = f"{message} (and {more} more like it since the last line)"
-        self._log.warning("request refused: %s", message, extra={"fields": fields})
-
-
 class HttpLimitsUnavailable(RuntimeError):
     """httptools (or uvicorn's httptools protocol) cannot be imported."""
 
@@ -91,9 +70,9 @@ class HttpLimitsUnavailable(RuntimeError):
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 4 << 20
 
-LIMIT_NAMES = (
-    "max_header_size", "max_header_count", "header_timeout", "body_timeout", "max_connections",
-)  # fmt: skip
+# Fewest bytes a header line can take besides its name and value (":" and a bare LF, which
+# httptools accepts): the floor used to size a head parsed whole inside one read.
+_MIN_LINE_OVERHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -104,6 +83,7 @@ class HttpLimits:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     max_connections: int = 512
+    send_timeout: float = 60.0
 
     @classmethod
     def from_settings(cls, settings) -> HttpLimits:
@@ -114,44 +94,25 @@ class HttpLimits:
             body_timeout=settings.body_timeout,
             keepalive_timeout=settings.keepalive_timeout,
             max_connections=settings.max_connections,
+            send_timeout=settings.send_timeout,
         )
 
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-def _response(status: int, message: str, extra_headers: bytes = b"") -> bytes:
-    body = json.dumps({"error": message}).encode()
-    head = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        "connection: close\r\n"
-    ).encode()
-    return head + extra_headers + b"\r\n" + body
-
-
-def _refusals(limits: HttpLimits) -> dict[str, tuple[int, str, bytes]]:
-    """limit -> (status, message, the whole answer); built once per server."""
-    size, count = limits.max_header_size, limits.max_header_count
-    messages = {
-        "max_header_size": (431, f"request headers larger than {size} bytes (MLBUILD_MAX_HEADER_SIZE)"),
-        # chunk headers, chunk extensions and trailers: bytes the parser buffers that are no body
-        "max_header_size:framing": (
-            431, f"request chunk framing or trailers larger than {size} bytes (MLBUILD_MAX_HEADER_SIZE)"),
-        "max_header_count": (431, f"more than {count} request header fields (MLBUILD_MAX_HEADER_COUNT)"),
-        "header_timeout": (
-            408, f"request headers not received within {limits.header_timeout:g} seconds (MLBUILD_HEADER_TIMEOUT)"),
-        "body_timeout": (
-            408, f"request body not received within {limits.body_timeout:g} seconds (MLBUILD_BODY_TIMEOUT)"),
-        "max_connections": (
-            503, f"too many open connections (limit {limits.max_connections}, MLBUILD_MAX_CONNECTIONS); retry"),
-    }  # fmt: skip
-    out = {}
-    for key, (status, message) in messages.items():
-        extra = b"retry-after: 1\r\n" if status == 503 else b""
-        out[key] = (status, message, _response(status, message, extra))
-    return out
+def _first_head_end(data: bytes, start: int) -> int:
+    """Where the first head at or after ``start`` ends, at the earliest: after its first empty
+    line, or after a line break at ``start`` (the rest of an empty line begun in the previous
+    read). Too early errs toward counting more of the read as the next head."""
+    ends = []
+    crlf, lf = data.find(b"\r\n\r\n", start), data.find(b"\n\n", start)
+    if crlf >= 0:
+        ends.append(crlf + 4)
+    if lf >= 0:
+        ends.append(lf + 2)
+    if data.startswith(b"\n", start):
+        ends.append(start + 1)
+    elif data.startswith(b"\r\n", start):
+        ends.append(start + 2)
+    return min(ends, default=start)
 
 
 class _LimitHit(Exception):
@@ -174,7 +135,8 @@ def limited_protocol(
         "_max_head": limits.max_header_size,
         "_max_count": limits.max_header_count,
         "_max_connections": limits.max_connections,
-        "_refusals": _refusals(limits),
+        "_send_timeout": limits.send_timeout,
+        "_refusals": refusal_answers(limits),
         "_on_refusal": staticmethod(on_refusal or (lambda limit: None)),
         "_refusal_log": RefusalLog(),
     }
@@ -191,6 +153,7 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
     _max_head: int
     _max_count: int
     _max_connections: int
+    _send_timeout: float
     _refusals: dict[str, tuple[int, str, bytes]]
 
     def __init__(self, *args, **kwargs) -> None:
@@ -203,6 +166,18 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
         self._limit_timer = None  # header or body timer, then the linger timer
         self._closing = False  # refused: discard input until the close
         self._drained = 0
+        self._deferred = None  # a refusal to write once the answer being written is complete
+        # Per feed (parser.feed_data call), to count a head that begins after a message ended
+        # in the same read (a pipelining client; see _count_late_head).
+        self._ended_in_feed = False  # a message ended in this feed
+        self._late_head = False  # a head began after that
+        self._feed_heads_at = 0  # _heads_done when the feed began
+        self._feed_pre_body = 0  # body bytes given before the feed's first head ended
+        self._feed_body = 0  # body bytes given since (all of them if no head ended)
+        # Send watchdog: armed while answer bytes wait in the transport's write buffer.
+        self._send_timer = None
+        self._send_left = 0  # write buffer size at the last check
+        self._send_resumed = False  # the transport drained below its low-water mark since
 
     # --- connection ------------------------------------------------------------------------
 
@@ -221,6 +196,9 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
         if self._limit_timer is not None:
             self._limit_timer.cancel()
             self._limit_timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         super().connection_lost(exc)
 
     # --- bytes in --------------------------------------------------------------------------
@@ -250,11 +228,33 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
             self._head_bytes = head
             if not self._feed(data):
                 return
+        if self._late_head and not self._count_late_head(data):
+            return
         if self._limit_timer is None and not self._closing:
             if self._in_body:
                 self._limit_timer = self.loop.call_later(self.limits.body_timeout, self._timer_fired)
             elif self._head_bytes:
                 self._limit_timer = self.loop.call_later(self.limits.header_timeout, self._timer_fired)
+
+    def _count_late_head(self, data) -> bool:
+        """A message ended inside this read, and the next one's head began in it and is still
+        open (a pipelining client): the head bytes counted before feeding were the earlier
+        message's. httptools gives no offsets, so the new head's bytes are what remains after
+        the earlier message: the read, less where the first head completed in it ends (its
+        first empty line), less the body bytes after that. Exact for one message ending per
+        read; with more, or with chunk framing, it counts too much - never too little.
+        False: refused."""
+        self._late_head = False
+        if self._heads_done == self._feed_heads_at:
+            start = 0  # no head ended in this read: it began inside the ending message's body
+        else:
+            start = _first_head_end(bytes(data), self._feed_pre_body)
+        # at least 1: a head has begun, so its header timer must run
+        self._head_bytes = max(1, len(data) - start - self._feed_body)
+        if self._head_bytes > self._max_head:
+            self._refuse("max_header_size")
+            return False
+        return True
 
     def _feed_to_limit(self, data) -> None:
         """Feed no more than the head allowance; 431 unless the head ends within it."""
@@ -267,11 +267,16 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
         if self._heads_done == heads:
             self._refuse("max_header_size")
             return
+        if self._late_head and not self._count_late_head(view[:allowed]):
+            return
         if len(view) > allowed:
             self.data_received(view[allowed:])  # body, or the next request's head
 
     def _feed(self, data) -> bool:
         """uvicorn's data_received without its keep-alive handling; False: stop feeding."""
+        self._ended_in_feed = False
+        self._feed_heads_at = self._heads_done
+        self._feed_body = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -291,6 +296,13 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
 
     # --- parser callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # The head counted before feeding belonged to the message that ended in this read;
+        # this one's bytes go uncounted unless counted here (see _count_late_head).
+        if self._ended_in_feed:
+            self._late_head = True
+        super().on_message_begin()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count = count = self._header_count + 1
         if count > self._max_count:
@@ -303,6 +315,17 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._late_head:
+            # A whole head inside the read that ended the previous message: size it from what
+            # the parser gave (a floor: whitespace around values is not seen).
+            self._late_head = False
+            size = len(self.url) + sum(len(n) + len(v) + _MIN_LINE_OVERHEAD for n, v in self.headers)
+            if size > self._max_head:
+                self._refuse("max_header_size")
+                raise _LimitHit
+        if self._heads_done == self._feed_heads_at:  # the first head to end in this feed
+            self._feed_pre_body = self._feed_body
+            self._feed_body = 0
         self._heads_done += 1
         self._in_body = True
         self._head_bytes = 0
@@ -314,25 +337,85 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
 
     def on_body(self, body: bytes) -> None:
         self._gap = 0
+        self._feed_body += len(body)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._header_count = 0
+        self._ended_in_feed = True
         if self._limit_timer is not None:  # the body timer: the app's time is not limited here
             self._limit_timer.cancel()
             self._limit_timer = None
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        transport = self.transport
+        if self._send_timer is None and transport.get_write_buffer_size():
+            self._watch_send()  # the kernel has not taken the whole answer yet
+        deferred = self._deferred
+        if deferred is not None:
+            # A later request on this connection was refused while this answer was being
+            # produced; its refusal comes next, in order, and ends the connection.
+            self._deferred = None
+            self.server_state.total_requests += 1
+            if not transport.is_closing():
+                self._answer_and_close(deferred)
+            return
         super().on_response_complete()
         # uvicorn arms its idle timer after each response; if the client is already part-way
         # through its next request, that request's header/body timer applies instead.
-        if (self._head_bytes or self._in_body) and not self._closing and not self.transport.is_closing():
+        if (self._head_bytes or self._in_body) and not self._closing and not transport.is_closing():
             self._unset_keepalive_if_required()
             if self._limit_timer is None:
                 timeout = self.limits.body_timeout if self._in_body else self.limits.header_timeout
                 self._limit_timer = self.loop.call_later(timeout, self._timer_fired)
+
+    # --- bytes out: the send timeout -------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._watch_send()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._send_resumed = True
+
+    def send_400_response(self, msg: str) -> None:
+        super().send_400_response(msg)
+        if self._send_timer is None and self.transport.get_write_buffer_size():
+            self._watch_send()
+
+    def _watch_send(self) -> None:
+        self._send_left = self.transport.get_write_buffer_size()
+        self._send_resumed = False
+        self._send_timer = self.loop.call_later(self._send_timeout, self._send_check)
+
+    def _send_check(self) -> None:
+        """Every send_timeout while answer bytes wait: cut the connection if none left since
+        the last check (as nginx's send_timeout, which counts between two writes, not for the
+        whole answer: a slow reader that keeps reading is never cut). A stalled write is cut
+        between one and two send_timeouts after its last progress."""
+        self._send_timer = None
+        transport = self.transport
+        left = transport.get_write_buffer_size()
+        if not left and not self.flow.write_paused:
+            return  # all handed to the kernel: nothing held any more
+        if left < self._send_left or self._send_resumed:
+            self._watch_send()
+            return
+        status, message, _ = self._refusals["send_timeout"]
+        self._log_refusal("send_timeout", status, message, self.client)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's send() and receive() now see the client gone
+            cycle.message_event.set()
+        self._closing = True
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+            self._limit_timer = None
+        transport.abort()  # drops the buffered answer; close() would wait for it forever
 
     # --- timers and refusals ---------------------------------------------------------------
 
@@ -351,14 +434,15 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
         elif self._head_bytes:
             self._refuse("header_timeout")
 
-    def _refuse(self, key: str, peer=None) -> None:
-        status, message, response = self._refusals[key]
-        limit = key.partition(":")[0]
-        peer = peer if peer is not None else self.client
+    def _log_refusal(self, limit: str, status: int, message: str, peer) -> None:
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
-        fields = {"limit": limit, "status": status, "client": client}
+        fields = {"limit": limit, "status": status, "client": client} if status else {"limit": limit, "client": client}
         self._refusal_log.refused(limit, message, fields)
         self._on_refusal(limit)
+
+    def _refuse(self, key: str, peer=None) -> None:
+        status, message, response = self._refusals[key]
+        self._log_refusal(key.partition(":")[0], status, message, peer if peer is not None else self.client)
         cycle = self.cycle
         if self._in_body and cycle is not None:
             # The request still being received is the current cycle; its app may be waiting
@@ -373,12 +457,17 @@ class LimitedHttpToolsProtocol(_Base):  # type: ignore[misc,valid-type]
             cycle.message_event.set()
         elif cycle is not None and not cycle.response_complete:
             # An earlier request on this connection is still being answered: an answer now
-            # would land inside that response. Close once it is sent.
-            cycle.keep_alive = False
+            # would land inside that response. Stop reading; the refusal follows that answer
+            # (on_response_complete) - unless requests are queued behind it, whose answers
+            # the client would expect first: then the connection just closes after it.
             self._closing = True
             if self._limit_timer is not None:
                 self._limit_timer.cancel()
                 self._limit_timer = None
+            if self.pipeline:
+                cycle.keep_alive = False
+            else:
+                self._deferred = response
             return
         self._answer_and_close(response)
 

@@ -7,7 +7,10 @@ mlbuild_worker_restarts_total{cause}        counter   crash | timeout | load_fai
 mlbuild_workers_ready / mlbuild_workers     gauges    ready workers / configured workers
 mlbuild_http_limit_rejections_total{limit}  counter   connections/requests refused by an HTTP limit
                                                       (max_header_size, max_header_count,
-                                                      header_timeout, body_timeout, max_connections)
+                                                      header_timeout, body_timeout, max_connections,
+                                                      send_timeout, max_body_bytes_in_flight)
+mlbuild_body_bytes_in_flight                gauge     request-body bytes taken from the budget now
+mlbuild_body_bytes_in_flight_limit          gauge     the budget (MLBUILD_MAX_BODY_BYTES_IN_FLIGHT)
 """
 
 from __future__ import annotations
@@ -36,6 +39,23 @@ class _PoolCollector:
         report = self._pool.health()
         yield GaugeMetricFamily("mlbuild_workers_ready", "Workers ready to serve", value=report.ready_workers)
         yield GaugeMetricFamily("mlbuild_workers", "Workers configured", value=report.total_workers)
+
+
+class _BudgetCollector:
+    """The body budget's use, read at scrape time: nothing on the request path."""
+
+    def __init__(self, budget) -> None:
+        self._budget = budget
+
+    def collect(self):
+        budget = self._budget
+        yield GaugeMetricFamily(
+            "mlbuild_body_bytes_in_flight", "Request-body bytes taken from the budget", value=budget.in_flight
+        )
+        yield GaugeMetricFamily("mlbuild_body_bytes_in_flight_limit", "The request-body budget", value=budget.capacity)
+
+
+BODY_BUDGET_LIMIT = "max_body_bytes_in_flight"  # its {limit} label in the rejections counter
 
 
 class Metrics:
@@ -73,3 +93,10 @@ class Metrics:
     def http_limit_hit(self, limit: str) -> None:
         """Count one refusal by the HTTP limit named ``limit`` (a setting name)."""
         self.http_limit_rejections.labels(limit).inc()
+
+    def watch_body_budget(self, budget) -> None:
+        """Export ``budget`` (a _budget.BodyBudget) as gauges and count its refusals under
+        ``limit="max_body_bytes_in_flight"``."""
+        self.registry.register(_BudgetCollector(budget))
+        counter = self.http_limit_rejections.labels(BODY_BUDGET_LIMIT)
+        budget.on_refused = counter.inc

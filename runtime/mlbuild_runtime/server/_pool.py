@@ -11,6 +11,12 @@ failures, crash-on-request, timeouts). The first restart is immediate, then 0.5 
 up to 30 s. A worker that answered at least one request resets it, so one crash after hours of
 service restarts at once, and a model whose load() always raises is retried ever more slowly
 while /health/ready keeps saying why.
+
+Orphans: when the server inherits orphaned processes (it is PID 1 of a container without an
+init, or a child subreaper), what a model's helpers leave behind (``cmd &`` in a shell, a
+daemon's double fork) is re-parented to it, and nobody else would reap it: every
+``REAP_EVERY`` seconds the pool reaps its zombie children except its workers, whose statuses
+asyncio waits for (the workers are the server's only children of its own).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..worker import proctree
 from ._errors import NoWorkerReady
 from ._health import Health, HealthReport
 from ._settings import Settings
@@ -34,6 +41,7 @@ log = logging.getLogger("mlbuild.runtime.pool")
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+REAP_EVERY = 1.0  # seconds between reaping orphans (only when the server inherits them)
 
 
 def backoff_delay(failures: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> float:
@@ -99,6 +107,8 @@ class WorkerPool:
         self._stopping = False
         self.hello: dict | None = None
         self.restarts: collections.Counter[str] = collections.Counter()
+        self._spawning = 0  # workers being started: their pids are not known yet
+        self._reaper: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +117,8 @@ class WorkerPool:
         on /health/ready) while the model loads."""
         for slot in self._slots:
             slot.task = asyncio.create_task(self._supervise(slot), name=f"worker-{slot.index}-supervisor")
+        if proctree.inherits_orphans():
+            self._reaper = asyncio.create_task(self._reap_orphans(), name="orphan-reaper")
 
     async def stop(self, timeout: float) -> None:
         """Stop restarting, fail queued requests, SHUTDOWN every worker (kill after timeout)."""
@@ -115,6 +127,8 @@ class WorkerPool:
         workers = [s.worker for s in self._slots if s.worker is not None]
         await asyncio.gather(*(w.shutdown(timeout) for w in workers), return_exceptions=True)
         tasks = [s.task for s in self._slots if s.task is not None]
+        if self._reaper is not None:
+            tasks.append(self._reaper)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -137,7 +151,11 @@ class WorkerPool:
             )
             slot.worker = worker
             try:
-                await worker.start()
+                self._spawning += 1
+                try:
+                    await worker.start()
+                finally:
+                    self._spawning -= 1
             except OSError as exc:
                 kind = "load_failure"
                 slot.failure = f"could not start the worker ({self._command[0]}): {exc}"
@@ -166,6 +184,17 @@ class WorkerPool:
             )  # fmt: skip
             if delay:
                 await asyncio.sleep(delay)
+
+    async def _reap_orphans(self) -> None:
+        """Reap the orphans the server inherited, never a worker (see the module docstring)."""
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            if self._spawning:  # a worker forked but not yet known could be mistaken for one
+                continue
+            workers = {s.worker.pid for s in self._slots if s.worker is not None and s.worker.pid is not None}
+            reaped = proctree.reap_orphans(workers)
+            if reaped:
+                log.debug("reaped orphaned processes", extra={"fields": {"pids": reaped}})
 
     # --- worker callbacks ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ header_timeout     --header-timeout (seconds)   MLBUILD_HEADER_TIMEOUT      60 (
 body_timeout       --body-timeout (seconds)     MLBUILD_BODY_TIMEOUT        60 (whole body)
 keepalive_timeout  --keepalive-timeout          MLBUILD_KEEPALIVE_TIMEOUT   75 (idle between requests)
 max_connections    --max-connections            MLBUILD_MAX_CONNECTIONS     512 (503 + Retry-After past it)
+send_timeout       --send-timeout (seconds)     MLBUILD_SEND_TIMEOUT        60 (a response write making no progress)
 log_format         --log-format                 MLBUILD_LOG_FORMAT          auto (json unless a TTY)
 log_level          --log-level                  MLBUILD_LOG_LEVEL           info
 access_log         --access-log                 MLBUILD_ACCESS_LOG          errors (all | errors | off)
@@ -36,6 +37,10 @@ health_route       (Vertex AI) -                AIP_HEALTH_ROUTE            (non
 
 ``AIP_HTTP_PORT`` (set by Vertex AI) is read only when neither --port nor MLBUILD_PORT is given.
 An environment variable set to the empty string counts as unset (``docker run -e X=`` is common).
+``max_body_bytes_in_flight`` (``--max-body-bytes-in-flight``, ``MLBUILD_MAX_BODY_BYTES_IN_FLIGHT``,
+default 64 MiB, or the body limit if that is larger) caps the request-body bytes all connections
+hold together (503 past it); set below ``MLBUILD_MAX_BODY_SIZE`` it is an error (a body of the
+largest allowed size could never pass).
 ``--max-body-size`` also takes a unit: ``512KiB``, ``10MiB``, ``1GiB``, ``5MB`` (decimal), ``64k``.
 A bad value raises :class:`SettingsError` whose message names the flag or variable it came from.
 """
@@ -86,6 +91,13 @@ class Settings:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     max_connections: int = 512
+    # nginx `send_timeout`: a client that stops reading its answer holds the answer (and a
+    # connection) in memory; past this many seconds without progress the connection is cut.
+    send_timeout: float = 60.0
+    # Server-wide budget of request-body bytes held at once (every connection may buffer up to
+    # max_body_size otherwise: 512 x 10 MiB is 5 GiB). 64 MiB: six bodies of the default
+    # maximum size at once, a small share of a 512 MiB container; past it 503 + Retry-After.
+    max_body_bytes_in_flight: int = 64 * MIB
     log_format: str = "auto"  # json | text | auto
     log_level: str = "info"
     # One line per request costs about a third of the server's CPU per trivial request (a
@@ -110,6 +122,7 @@ class Settings:
         environ = os.environ if environ is None else environ
         args = build_parser().parse_args(argv)
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for spec in _SPECS:
             raw, source = _lookup(spec, args, environ)
             if raw is None:
@@ -118,6 +131,8 @@ class Settings:
                 values[spec.field] = spec.parse(raw)
             except ValueError as exc:
                 raise SettingsError(f"{source}={raw!r}: {exc}") from None
+            sources[spec.field] = f"{source}={raw!r}"
+        _check_body_budget(values, sources)
         values.setdefault("model_dir", Path.cwd().resolve())
         values.setdefault("python", sys.executable)
         values.setdefault("model_name", values["model_dir"].name or None)
@@ -130,6 +145,22 @@ class Settings:
         stream = sys.stderr if stream is None else stream
         isatty = getattr(stream, "isatty", None)
         return "text" if isatty is not None and isatty() else "json"
+
+
+def _check_body_budget(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """The body budget must admit one body of the largest allowed size. Unset, it follows a
+    body limit raised past 64 MiB; set explicitly below the body limit, it is an error."""
+    body = values.get("max_body_size", Settings.max_body_size)
+    if "max_body_bytes_in_flight" not in values:
+        if body > Settings.max_body_bytes_in_flight:
+            values["max_body_bytes_in_flight"] = body
+        return
+    if values["max_body_bytes_in_flight"] < body:
+        limit = sources.get("max_body_size", f"the default MLBUILD_MAX_BODY_SIZE={body}")
+        raise SettingsError(
+            f"{sources['max_body_bytes_in_flight']}: must be at least the body limit ({limit}, "
+            f"{body} bytes), or a body of the largest allowed size could never be received"
+        )
 
 
 # --- parsers: each raises ValueError with a message that reads well after "FLAG='value': " ---
@@ -319,6 +350,12 @@ _SPECS: tuple[_Spec, ...] = (
           _seconds(allow_zero=False), "seconds an idle keep-alive connection stays open (default 75)"),
     _Spec("max_connections", "--max-connections", ("MLBUILD_MAX_CONNECTIONS",), _positive_int(1_000_000),
           "most open connections; past it 503 with Retry-After and close (default 512)"),
+    _Spec("send_timeout", "--send-timeout", ("MLBUILD_SEND_TIMEOUT",), _seconds(allow_zero=False),
+          "seconds a response write may make no progress (client not reading) before the "
+          "connection is cut (default 60)"),
+    _Spec("max_body_bytes_in_flight", "--max-body-bytes-in-flight", ("MLBUILD_MAX_BODY_BYTES_IN_FLIGHT",),
+          _byte_size, "request-body bytes all connections together may hold; past it 503 with "
+                      "Retry-After (default 64MiB or --max-body-size if larger)"),
     _Spec("log_format", "--log-format", ("MLBUILD_LOG_FORMAT",), _choice("json", "text", "auto"),
           "json, text or auto: json unless stderr is a terminal (default auto)"),
     _Spec("log_level", "--log-level", ("MLBUILD_LOG_LEVEL",),

@@ -8,23 +8,36 @@ EOF, FATAL, timeout kill, protocol error). ``on_lost`` is called at most once.
 
 Limits on what a worker can make the server spend:
 
-* answers: a frame longer than ``max_response_size`` (RESULT) or max(that, 4 MiB) (any other
-  kind) is refused from its length prefix alone - the request fails with ResponseTooLarge
-  (500), the worker is killed and replaced, its bytes are never read. Frames over 1 MiB are
-  read straight into one preallocated buffer (no growing stream buffer, no copy out of it).
-* the model's stdout/stderr: relayed to the log as ``mlbuild.worker`` records at most
-  ``STDERR_LINES_PER_S`` (100) lines per second with bursts of ``STDERR_BURST`` (200); past
-  that, lines are counted and dropped (read in 64 KiB blocks, not line by line), and one
-  warning per second says "dropped K lines of worker output".
+* answers: a RESULT frame longer than ``max_response_size`` (``MLBUILD_MAX_RESPONSE_SIZE``,
+  ``--max-response-size``) is refused from its length prefix alone - the request fails with
+  ResponseTooLarge (500), the worker is killed and replaced, its bytes are never read. Frames
+  over 1 MiB are read straight into one preallocated buffer (no growing stream buffer, no copy).
+* control frames: any other kind (HELLO, READY, ERROR, FATAL) is capped at
+  max(max_response_size, 4 MiB) (``_CONTROL_FRAME_MIN_CAP``: schemas and tracebacks may exceed
+  a tiny answer limit) and refused the same way. A HELLO carries the model's input and output
+  schemas: a model whose schemas exceed that cap cannot start, and /health/ready and the log
+  say "HELLO frame of N bytes, more than the C-byte cap on control frames ...; raise
+  MLBUILD_MAX_RESPONSE_SIZE (--max-response-size) to at least N bytes".
+* the model's stdout/stderr: relayed to the log as ``mlbuild.worker`` records under two token
+  buckets per worker - ``STDERR_LINES_PER_S`` (100) lines/s with bursts of ``STDERR_BURST``
+  (200), and ``STDERR_BYTES_PER_S`` (64 KiB) of text/s with bursts of ``STDERR_BYTES_BURST``
+  (1 MiB). Each record holds at most ``STDERR_RECORD_MAX`` (4 KiB) of its line (cut at a
+  UTF-8 character boundary) plus "… [N more bytes cut]" (and ``cut_bytes`` in its fields).
+  Lines over either budget are counted and dropped, and one warning per second says "dropped
+  K lines of worker output (B bytes; ...)" (``dropped_lines``, ``dropped_bytes``). So one
+  worker writes at most about 1 MiB + 64 KiB x seconds of model text to the log (plus a record's
+  fixed fields, at most 200 + 100 x seconds records). The output is read in 64 KiB blocks and
+  never held whole: of a line, only its first 4 KiB is kept while the rest is counted, so a
+  1 GB line costs the server 4 KiB, and a flood costs one ``count`` per block.
 * processes: everything the model started ends with its worker, even what left the worker's
-  process group (worker/proctree.py: subreaper tree walk while it lives, environment token
-  after it died).
+  process group (worker/proctree.py: tree walk while it lives, environment token after it
+  died or when its helpers were re-parented away). Orphans re-parented to the server (PID 1
+  of a container without an init) are reaped by the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import json
 import logging
@@ -37,6 +50,7 @@ from pathlib import Path
 
 from ..worker import proctree, protocol
 from ._errors import PredictTimeout, ResponseTooLarge, WorkerDied
+from ._output import STDERR_BYTES_PER_S, STDERR_LINES_PER_S, OutputRelay
 
 __all__ = ["Worker", "WorkerState"]
 
@@ -51,10 +65,8 @@ _BIG_FRAME = 1 << 20  # frames above this are read into one preallocated buffer
 _CONTROL_FRAME_MIN_CAP = 4 << 20  # HELLO (schemas) and ERROR (tracebacks) may exceed a tiny cap
 _DEFAULT_MAX_RESPONSE = 40 << 20
 
-STDERR_LINES_PER_S = 100.0  # model output relayed to the log, per worker (token bucket)
-STDERR_BURST = 200
 _DROP_REPORT_EVERY = 1.0  # seconds between "dropped K lines" warnings
-_DROP_READ = 1 << 16
+_OUTPUT_READ = 1 << 16  # output is read in blocks of at most this, never a line at a time
 
 
 class WorkerState(enum.Enum):
@@ -102,8 +114,7 @@ class Worker:
         self._next_id = 1
         self._lost = False
         self._protocol_error: str | None = None
-        self._stderr_tail: collections.deque[bytes] = collections.deque(maxlen=5)
-        self._dropped = 0  # model output lines dropped since the last report
+        self._output = OutputRelay(self._relay_line)
         self._drop_report: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
@@ -170,9 +181,11 @@ class Worker:
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
-        # While the worker lives, everything the model started is in its subreaper tree; once
-        # it is dead they scatter (the environment token still finds them, see _reap).
+        # While the worker lives, what the model started and still parents is in its tree;
+        # what was re-parented away (a daemon) carries the environment token - as does the
+        # worker itself, which is about to die anyway. _reap looks again once it is gone.
         proctree.kill_descendants(proc.pid)
+        proctree.kill_tagged(self._token)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -266,29 +279,43 @@ class Worker:
     def _refuse(self, size: int, kind: int) -> None:
         """A frame past the cap: fail the request in flight, never read the bytes (the caller
         kills the worker, which discards them with its pipe)."""
-        limit = self._max_response if kind == protocol.RESULT else self._max_control
-        self._protocol_error = (
-            f"{protocol.KIND_NAMES[kind]} frame of {size} bytes, more than max_response_size ({limit} bytes)"
-        )
+        if kind == protocol.RESULT:
+            limit = self._max_response
+            self._protocol_error = f"RESULT frame of {size} bytes, more than max_response_size ({limit} bytes)"
+        else:  # at start-up (a HELLO with huge schemas) the user must learn what to raise
+            limit = self._max_control
+            self._protocol_error = (
+                f"{protocol.KIND_NAMES[kind]} frame of {size} bytes, more than the {limit}-byte cap on control "
+                f"frames (max(max_response_size, 4 MiB)); raise MLBUILD_MAX_RESPONSE_SIZE (--max-response-size) "
+                f"to at least {size} bytes"
+            )
         pending, self._pending = self._pending, None
         if pending is not None and not pending[1].done():
             pending[1].set_exception(ResponseTooLarge(limit, size, self.slot))
 
     async def _reap(self) -> None:
         proc = self.proc
-        try:
-            await asyncio.wait_for(proc.wait(), _EXIT_WAIT)
-        except asyncio.TimeoutError:
+        # Wait for the exit status, not proc.wait(): that also waits for the stderr pipe to
+        # close, which a helper that outlived the worker (a daemon) holds open until the
+        # token kill below - a crash would take _EXIT_WAIT to be reported.
+        deadline, pause = time.monotonic() + _EXIT_WAIT, 0.001
+        while proc.returncode is None and time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        if proc.returncode is None:
             # Closed its protocol pipe but keeps running: it can never serve again.
             self.kill()
-            await proc.wait()
-        self.returncode = proc.returncode
         # Whatever the model started (a subprocess in load(), a data loader's helpers) would
         # outlive its worker and be re-parented to init, one more per crash: the worker led
         # its own process group, whose id stays valid while any member lives. What left the
         # group (setsid) carries the worker's token in its environment.
         _kill_group(proc.pid)
         proctree.kill_tagged(self._token)
+        try:
+            await asyncio.wait_for(proc.wait(), _EXIT_WAIT)
+        except asyncio.TimeoutError:
+            pass  # it has exited; a helper that escaped both nets still holds its stderr
+        self.returncode = proc.returncode
         self.exit_reason = self._describe_exit()
         pending, self._pending = self._pending, None
         if pending is not None and not pending[1].done():
@@ -347,61 +374,43 @@ class Worker:
             raise protocol.ProtocolError(f"worker sent {protocol.KIND_NAMES[kind]}")
 
     async def _relay_stderr(self) -> None:
-        """Relay the worker's stderr (the model's prints land there too) to the log, rate
-        limited by a token bucket: a model printing in a loop must neither flood the log nor
-        keep the event loop busy formatting records."""
-        stream = self.proc.stderr
-        fields = {"worker": self.slot, "pid": self.proc.pid}
-        tail = self._stderr_tail
-        tokens, last = float(STDERR_BURST), time.monotonic()
-        mid_line = False  # the previous block dropped the start of the current line
+        """Relay the worker's stderr (the model's prints land there too) to the log, within the
+        budgets of OutputRelay: a model printing in a loop, or one huge line, must neither
+        flood the log nor keep the event loop busy formatting records."""
+        stream, output = self.proc.stderr, self._output
         try:
             while True:
-                now = time.monotonic()
-                tokens = min(STDERR_BURST, tokens + (now - last) * STDERR_LINES_PER_S)
-                last = now
-                if tokens < 1:
-                    # Over the rate: count lines in whole blocks, without splitting them.
-                    block = await stream.read(_DROP_READ)
-                    if not block:
-                        return
-                    self._drop(block.count(b"\n"))
-                    mid_line = not block.endswith(b"\n")
-                    cut = block.rfind(b"\n", 0, len(block) - 1)
-                    tail.append(block[cut + 1:])
-                    continue
-                try:
-                    line = await stream.readline()
-                except ValueError:  # a line longer than the limit: relay it in pieces
-                    line = await stream.read(_STDERR_LINE_LIMIT)
-                if not line:
+                block = await stream.read(_OUTPUT_READ)
+                if not block:
+                    output.close()
                     return
-                if mid_line:  # the end of a line whose start was dropped
-                    mid_line = False
-                    self._drop(1)
-                    continue
-                tokens -= 1
-                tail.append(line)
-                worker_log.info(line.decode("utf-8", "replace").rstrip("\n"), extra={"fields": fields})
+                output.feed(block)
+                if output.dropped_lines and self._drop_report is None:
+                    loop = asyncio.get_running_loop()
+                    self._drop_report = loop.call_later(_DROP_REPORT_EVERY, self._report_dropped)
         finally:
             self._report_dropped()
 
-    def _drop(self, lines: int) -> None:
-        self._dropped += lines
-        if self._drop_report is None:
-            loop = asyncio.get_running_loop()
-            self._drop_report = loop.call_later(_DROP_REPORT_EVERY, self._report_dropped)
+    def _relay_line(self, text: str, cut: int) -> None:
+        fields = {"worker": self.slot, "pid": self.pid}
+        if cut:
+            fields["cut_bytes"] = cut
+        worker_log.info(text, extra={"fields": fields})
 
     def _report_dropped(self) -> None:
         if self._drop_report is not None:
             self._drop_report.cancel()
             self._drop_report = None
-        if self._dropped:
-            dropped, self._dropped = self._dropped, 0
+        output = self._output
+        if output.dropped_lines:
+            lines, size = output.dropped_lines, output.dropped_bytes
+            output.dropped_lines = output.dropped_bytes = 0
             worker_log.warning(
-                f"dropped {dropped} lines of worker output (over {STDERR_LINES_PER_S:g} lines/s)",
-                extra={"fields": {"worker": self.slot, "pid": self.pid, "dropped_lines": dropped}},
-            )
+                f"dropped {lines} lines of worker output ({size} bytes; over {STDERR_LINES_PER_S:g} lines/s "
+                f"or {STDERR_BYTES_PER_S} bytes/s)",
+                extra={"fields": {"worker": self.slot, "pid": self.pid, "dropped_lines": lines,
+                                  "dropped_bytes": size}},
+            )  # fmt: skip
 
     # --- state -----------------------------------------------------------------------------
 
@@ -420,7 +429,7 @@ class Worker:
         if self._protocol_error:
             return f"worker protocol error: {self._protocol_error}"
         reason = self.exit_reason or "worker exited"
-        lines = (t.decode("utf-8", "replace").strip() for t in reversed(self._stderr_tail))
+        lines = (t.decode("utf-8", "replace").strip() for t in reversed(self._output.tail))
         tail = next((t for t in lines if t), None)
         return f"{reason} before the model was ready" + (f" (last output: {tail.strip()})" if tail else "")
 

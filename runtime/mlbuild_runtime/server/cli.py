@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in LIMIT_NAMES:  # every limit shows in /metrics from the start, at 0
         metrics.http_limit_rejections.labels(name)
     try:
-        # Header size/count, header/body/idle timeouts and the connection cap live in the
+        # Header size/count, header/body/idle/send timeouts and the connection cap live in the
         # protocol (uvicorn has none of them). It needs httptools: uvicorn's h11 fallback would
         # serve without the limits, so a missing httptools is a start-up error, not a fallback.
         protocol = limited_protocol(HttpLimits.from_settings(settings), metrics.http_limit_hit)

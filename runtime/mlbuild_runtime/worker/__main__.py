@@ -100,6 +100,9 @@ def _failure(exc: BaseException) -> dict:
     return {"error_type": type(exc).__name__, "message": message, "traceback": tb}
 
 
+_TOKEN = ""  # this worker's MLBUILD_WORKER_TOKEN (set in main)
+
+
 def _fatal(out: _Out, phase: str, exc: BaseException) -> None:
     """Send FATAL and exit 1 at once (os._exit: a half-imported model may hold threads)."""
     payload = dict(phase=phase, **_failure(exc))
@@ -108,7 +111,7 @@ def _fatal(out: _Out, phase: str, exc: BaseException) -> None:
     except OSError:  # nobody listens: at least leave it in the log
         sys.stderr.write(payload["traceback"])
     _flush_stdio()
-    proctree.kill_descendants(os.getpid())  # what load() started dies with the worker
+    proctree.end_all(_TOKEN)  # what load() started dies with the worker
     os._exit(1)
 
 
@@ -263,9 +266,11 @@ def main() -> None:
     # The server owns shutdown (SHUTDOWN frame, or SIGTERM/SIGKILL); a Ctrl-C in its terminal
     # reaches our process group too and must not kill a request half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Orphans of whatever the model starts (setsid'd helpers, daemons) re-parent to us, so
-    # their tree stays findable and ends with the worker (proctree.py).
-    proctree.become_subreaper()
+    # Everything the model starts carries this token, so what escapes our tree (setsid'd
+    # daemons re-parented to init) still ends with the worker. Not a subreaper: it could not
+    # tell adopted orphans from the model's own children to reap them (proctree.py).
+    global _TOKEN
+    _TOKEN = proctree.ensure_token()
     out = _Out(proto_out)
     model_dir = os.path.abspath(os.environ.get("MODEL_DIR") or os.getcwd())
 
@@ -314,7 +319,7 @@ def main() -> None:
 
     code = _serve(open(proto_in, "rb", buffering=1 << 16), out, handle)
     _flush_stdio()
-    proctree.kill_descendants(os.getpid())
+    proctree.end_all(_TOKEN)
     sys.exit(code)
 
 

@@ -47,8 +47,9 @@ start; unset or invalid means the default):
   (N bytes)"`` instead. The server refuses (without reading it) any RESULT frame longer than
   this, and any other frame longer than max(this, 4 MiB): it fails the request with 500 and
   replaces the worker, as for any protocol violation.
-* ``MLBUILD_WORKER_TOKEN``: not read by the worker; a random tag that every process the model
-  starts inherits, so the server can end them all after the worker died (proctree.py).
+* ``MLBUILD_WORKER_TOKEN``: a random tag that every process the model starts inherits, so the
+  worker (before it exits) and the server (after it died) can end them all (proctree.py); a
+  worker started without one makes its own.
 
 Every exception the body or the model raises (SystemExit and KeyboardInterrupt included)
 becomes an ERROR; only a crash of the interpreter itself ends the worker.

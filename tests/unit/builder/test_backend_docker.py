@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 from mlbuild._backends import BuildOptions, EnvDirs
 from mlbuild._backends.docker import DockerBackend
-from mlbuild._errors import BuildError, EngineUnavailableError
+from mlbuild._errors import BuildError, ConfigError, EngineUnavailableError
 from mlbuild._lock import Lock
 from mlbuild._spec import load_spec
 
@@ -179,6 +179,68 @@ def test_missing_base_that_cannot_be_pulled(tmp_path):
     client.images.known.pop("base:1")
     with pytest.raises(BuildError, match="base image base:1 is not in the engine"):
         DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+
+
+class RecordingImages(FakeImages):
+    """FakeImages that records every name the backend asks the engine for."""
+
+    def __init__(self, known):
+        super().__init__(known)
+        self.asked: list[tuple[str, str]] = []
+
+    def get(self, name):
+        self.asked.append(("get", name))
+        return super().get(name)
+
+    def pull(self, name, platform=None):
+        self.asked.append(("pull", name))
+        return super().pull(name, platform)
+
+
+def _recording_client(**kwargs):
+    client = FakeClient(**kwargs)
+    client.images = RecordingImages(client.images.known)
+    return client
+
+
+@pytest.mark.parametrize("base", [
+    "./layout", "../images/base.tar", "/srv/images/layout", "oci:./layout", "oci:/srv/layout:3.11",
+    "docker-archive:base.tar", "docker-archive:/srv/base.tar:repo:tag",
+])
+@pytest.mark.parametrize("via", ["options", "spec"])
+def test_a_local_base_never_reaches_the_engine(tmp_path, base, via):
+    spec, lock, options = _setup(tmp_path)
+    if via == "options":  # --base on the command line, or the API's base_image=
+        options = dataclasses.replace(options, base_image=base)
+    else:  # base_image in mlbuild.toml
+        spec = spec.model_copy(update={"base_image": base})
+    client = _recording_client()
+    with pytest.raises(ConfigError) as info:
+        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    assert info.value.message.startswith(f"base image {base!r} is a local image layout or archive")
+    assert "\n" not in info.value.message and "--backend oci" in info.value.hint
+    assert client.images.asked == [] and client.api.calls == []
+
+
+def test_a_docker_prefixed_base_is_the_engine_image_it_names(tmp_path):
+    spec, lock, options = _setup(tmp_path)
+    client = _recording_client()
+    result = DockerBackend(client_factory=lambda: client).build(
+        spec, lock, dataclasses.replace(options, base_image="docker:base:1"))
+    assert ("get", "base:1") in client.images.asked
+    assert not any(name.startswith("docker:") for _, name in client.images.asked)
+    assert "FROM base:1\n" in client.api.calls[0]["dockerfile"] and result.base_image == "base:1"
+
+
+@pytest.mark.parametrize("base", ["base:1\nRUN id", "$(id)", "base:1 --network=host", "docker:"])
+def test_an_unchecked_base_from_the_api_is_refused_before_the_engine(tmp_path, base):
+    # BuildOptions can be built by hand, past the spec's checks: the engine's API sees only a
+    # checked reference.
+    spec, lock, options = _setup(tmp_path)
+    client = _recording_client()
+    with pytest.raises(ConfigError, match="not an image reference"):
+        DockerBackend(client_factory=lambda: client).build(spec, lock, dataclasses.replace(options, base_image=base))
+    assert client.images.asked == [] and client.api.calls == []
 
 
 def test_engine_that_does_not_answer(tmp_path, monkeypatch):

@@ -330,3 +330,23 @@ def test_render_does_not_turn_separators_into_newlines(tmp_path):
     spec = load_spec(model)
     text = render_dockerfile(spec, _lock(model), ContextLayout(extra={"marker": "a\u2028RUN id"}))
     assert "# note: a\u2028RUN id\n" in text
+
+
+@pytest.mark.parametrize("module", ["_spec", "_templates", "_scaffold", "_save", "_values", "_backends/docker"])
+def test_value_rules_are_imported_by_public_name_only(module):
+    """The rules every templated value passes live in mlbuild._values under public names; the
+    modules that apply them never reach into another module's private names (which once left
+    the render, init and save depending on _spec's internals)."""
+    import ast
+
+    import mlbuild
+
+    path = Path(mlbuild.__file__).parent / f"{module}.py"
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.endswith("__")  # __version__ is public
+    ]
+    assert private == [], f"{module}.py imports private names: {private}"

@@ -337,6 +337,39 @@ def test_a_build_never_locks_a_credential_url_either(tmp_path):
     assert runner.calls == [] and sorted(p.name for p in root.iterdir()) == ["predict.py", "requirements.txt"]
 
 
+@pytest.mark.parametrize("line,shown", [
+    (f"pkg @ https://gitlab.invalid/api/v4/projects/7/packages/pypi/files/ab/pkg-1.0-py3-none-any.whl"
+     f"?private_token={TOKEN}",
+     "https://gitlab.invalid/api/v4/projects/7/packages/pypi/files/ab/pkg-1.0-py3-none-any.whl?private_token=****"),
+    (f"pkg @ https://b.s3.invalid/pkg-1.0-py3-none-any.whl?X-Amz-Credential=AKIA%2F{TOKEN}"
+     f"&X-Amz-Signature={TOKEN}",
+     "https://b.s3.invalid/pkg-1.0-py3-none-any.whl?X-Amz-Credential=****&X-Amz-Signature=****"),
+    (f"pkg @ https://h.invalid/pkg-1.0-py3-none-any.whl#sha256={'a' * 64}&token={TOKEN}",
+     f"https://h.invalid/pkg-1.0-py3-none-any.whl#sha256={'a' * 64}&token=****"),
+    (f"pkg @ https://user:p@ss{TOKEN}@h.invalid/pkg-1.0-py3-none-any.whl",  # an "@" in the password
+     "https://****@h.invalid/pkg-1.0-py3-none-any.whl"),
+])
+def test_a_token_in_a_requirement_query_is_refused_before_the_lock_is_written(tmp_path, line, shown):
+    root = model(tmp_path, f"six\n{line}\n")
+    runner = FakeRunner(resolver_writing(SIX + line + " \\\n    --hash=sha256:ab\n"))
+    with pytest.raises(LockError) as info:
+        ensure_lock(load_spec(root), runner=runner)
+    assert info.value.message == (f"{root / 'requirements.txt'}:2: requirement 'pkg' has credentials in its URL "
+                                  f"{shown}; refusing to write them into mlbuild.lock")
+    assert_no_secret(info.value)
+    assert runner.calls == [] and not (root / "mlbuild.lock").exists()
+
+
+def test_resolver_output_with_a_query_token_is_never_written(tmp_path):
+    body = SIX + f"pkg @ https://idx.invalid/pkg-1.0-py3-none-any.whl?private_token={TOKEN}\n"
+    root = model(tmp_path, "six\npkg\n")
+    with pytest.raises(LockError) as info:
+        lock(load_spec(root), runner=FakeRunner(resolver_writing(body)))
+    assert "https://idx.invalid/pkg-1.0-py3-none-any.whl?private_token=****" in info.value.message
+    assert_no_secret(info.value)
+    assert not (root / "mlbuild.lock").exists()
+
+
 def test_a_credential_url_in_pyproject_dependencies_is_refused(tmp_path):
     root = model(tmp_path, requirements=None)
     (root / "pyproject.toml").write_text(
@@ -432,7 +465,9 @@ def test_a_lock_holding_credentials_is_refused_when_read(tmp_path):
 
 @pytest.mark.parametrize("text,found", [
     ("pkg @ https://u:p@h/x.whl", "https://****@h/x.whl"),
-    ("pkg @ https://tok@h/x.whl?sig=abc#frag", "https://****@h/x.whl"),  # a query may hold a token too
+    ("pkg @ https://tok@h/x.whl?sig=abc#frag", "https://****@h/x.whl?sig=****#frag"),  # a query's token masked too
+    ("pkg @ https://h/x.whl?private_token=abc", "https://h/x.whl?private_token=****"),
+    ("pkg @ https://u:p@ss@h/x.whl", "https://****@h/x.whl"),  # masked up to the last "@" of the host part
     ("pkg @ git+ssh://git@github.invalid/org/pkg.git", None),  # ssh: a user name, the key authenticates
     ("pkg @ ssh://deploy@h/pkg.git", None),
     ("pkg @ https://h/pkg-1.0-py3-none-any.whl", None),

@@ -53,6 +53,9 @@ FAILURES = [
     ("env-value-line-separator", ConfigError, 2, ["mlbuild.toml", "[env]", "'GREETING'", "U+2028 (LINE SEPARATOR)"]),
     ("label-value-control-character", ConfigError, 2, ["mlbuild.toml", "[labels]", "'com.example.note'", "U+0085"]),
     ("base-image-command-substitution", ConfigError, 2, ["mlbuild.toml", "'base_image'", "$(id)", "image reference"]),
+    ("label-value-credential-url", ConfigError, 2, ["mlbuild.toml", "table [labels]", "'org.opencontainers.image.url'",
+                                                    "https://****@gitlab.invalid/grp/proj.git"]),
+    ("env-value-credential-url", ConfigError, 2, ["mlbuild.toml", "table [env]", "'WEIGHTS_URL'", "X-Amz-Signature=****"]),
 ]
 
 
@@ -67,6 +70,45 @@ def test_each_bad_project_gives_one_clear_error(fixture, error, exit_code, fragm
     for fragment in fragments:
         assert fragment in exc.message
     assert exc.hint, "every error says what to do"
+
+
+@pytest.mark.parametrize("fixture", ["label-value-credential-url", "env-value-credential-url"])
+def test_a_credential_url_in_env_or_labels_is_refused_masked(fixture):
+    with pytest.raises(ConfigError) as info:
+        load_spec(PROJECTS / fixture)
+    rendered = info.value.render()
+    assert "FIXTURE-TOKEN" not in rendered and "\n" not in info.value.message
+    assert info.value.message.startswith(str(PROJECTS / fixture / "mlbuild.toml") + ": table [")
+    assert info.value.message.endswith("refusing to bake it into the image")
+    assert "docker run -e" in info.value.hint and "never in the image" in info.value.hint
+
+
+@pytest.mark.parametrize("table,key", [("env", "SOURCE"), ("labels", "org.example.src")])
+def test_a_credential_url_in_pyproject_env_or_labels_is_refused_too(tmp_path, table, key):
+    (tmp_path / "predict.py").write_text("def predict(x):\n    return x\n")
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.mlbuild.{table}]\n"{key}" = "see https://h.invalid/x?private_token=s3cr3t for the data"\n')
+    with pytest.raises(ConfigError) as info:
+        load_spec(tmp_path)
+    assert info.value.message.startswith(f"{tmp_path / 'pyproject.toml'} [tool.mlbuild]: table [{table}]: key {key!r}")
+    assert "private_token=****" in info.value.message and "s3cr3t" not in info.value.render()
+
+
+def test_env_and_labels_without_credentials_still_load(tmp_path):
+    (tmp_path / "predict.py").write_text("def predict(x):\n    return x\n")
+    (tmp_path / "mlbuild.toml").write_text(
+        '[env]\nDATA = "https://h.invalid/d.csv#sha256=ab"\n'
+        '[labels]\n"org.opencontainers.image.source" = "https://git.invalid/grp/proj"\n')
+    spec = load_spec(tmp_path)
+    assert dict(spec.env) == {"DATA": "https://h.invalid/d.csv#sha256=ab"}
+    assert dict(spec.labels) == {"org.opencontainers.image.source": "https://git.invalid/grp/proj"}
+
+
+def test_a_directly_built_spec_refuses_a_credential_url_in_env_or_labels(tmp_path):
+    with pytest.raises(ValueError, match=r"'TOKEN_URL' holds a URL with credentials, https://\*\*\*\*@h.invalid/") as info:
+        ModelSpec(directory=tmp_path, name="m", entrypoint="predict:predict",
+                  env=(("TOKEN_URL", "https://u:s3cr3t@h.invalid/"),))
+    assert "s3cr3t" not in str(info.value)  # pydantic's message does not quote the input either
 
 
 def test_stale_lock_fixture_says_what_changed_and_how_to_refresh():

@@ -242,3 +242,73 @@ def test_model_template_runtime_errors_name_the_file_and_line(tmp_path, expressi
     for word in words:
         assert word in str(info.value)
     assert info.value.hint
+
+
+# --------------------------------------------------------------------------- no credential in a label
+
+CI_TOKEN = "glcbt-SECRET123"
+
+
+@pytest.mark.parametrize("env,expected", [
+    # GitLab's CI_REPOSITORY_URL, as a pipeline would hand it over
+    ({"MLBUILD_SOURCE_URL": f"https://gitlab-ci-token:{CI_TOKEN}@gitlab.invalid/grp/proj.git"},
+     "https://gitlab.invalid/grp/proj.git"),
+    ({"MLBUILD_SOURCE_URL": f"https://gitlab.invalid/grp/proj.git?private_token={CI_TOKEN}#readme"},
+     "https://gitlab.invalid/grp/proj.git"),
+    ({"MLBUILD_SOURCE_URL": f"https://user:p@ss{CI_TOKEN}@git.invalid:8443/grp/proj"}, "https://git.invalid:8443/grp/proj"),
+    ({"GITHUB_SERVER_URL": f"https://x-access-token:{CI_TOKEN}@ghe.invalid", "GITHUB_REPOSITORY": "org/repo"},
+     "https://ghe.invalid/org/repo"),
+    ({"MLBUILD_SOURCE_URL": "https://git.invalid/grp/proj"}, "https://git.invalid/grp/proj"),
+    ({"MLBUILD_SOURCE_URL": "git@git.invalid:grp/proj.git"}, "git@git.invalid:grp/proj.git"),  # scp form: a user name
+])
+def test_the_source_label_never_carries_credentials(tmp_path, monkeypatch, env, expected):
+    from mlbuild._image import _source
+    from mlbuild._templates import image_variables
+
+    for name in ("MLBUILD_SOURCE_URL", "GITHUB_SERVER_URL", "GITHUB_REPOSITORY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _source() == expected
+    model = _model(tmp_path, MINIMAL)
+    spec = load_spec(model)
+    layout = ContextLayout(source=_source())
+    text = render_dockerfile(spec, _lock(model), layout)  # the docker backend's labels
+    assert CI_TOKEN not in text and f'"org.opencontainers.image.source"="{expected}"' in text
+    labels = dict(image_variables(spec, _lock(model), layout)["labels"])  # the oci backend's labels
+    assert labels["org.opencontainers.image.source"] == expected
+
+
+@pytest.mark.parametrize("layout,where", [
+    (ContextLayout(source=f"https://gitlab-ci-token:{CI_TOKEN}@gitlab.invalid/grp/proj.git"),
+     "label 'org.opencontainers.image.source'"),
+    (ContextLayout(source=f"https://gitlab.invalid/grp/proj.git?private_token={CI_TOKEN}"),
+     "label 'org.opencontainers.image.source'"),
+    (ContextLayout(revision=f"https://u:{CI_TOKEN}@h.invalid/"), "label 'org.opencontainers.image.revision'"),
+])
+def test_a_credential_handed_past_build_image_is_refused_for_both_backends(tmp_path, layout, where):
+    # A library caller may fill BuildOptions/ContextLayout itself: the last guard holds for the
+    # Dockerfile and for the oci backend's image config alike.
+    from mlbuild._templates import image_variables
+
+    model = _model(tmp_path, MINIMAL)
+    spec = load_spec(model)
+    for render in (render_dockerfile, image_variables):
+        with pytest.raises(ConfigError) as info:
+            render(spec, _lock(model), layout)
+        assert info.value.message.startswith(f"{where}: the value holds a URL with credentials, ")
+        assert CI_TOKEN not in info.value.render()
+
+
+def test_mlbuild_dockerfile_takes_only_an_engine_base(tmp_path):
+    """`mlbuild dockerfile` prints a Dockerfile: its FROM names an image the engine can have."""
+    from mlbuild._templates import dockerfile_for
+
+    model = _model(tmp_path, MINIMAL)
+    text = dockerfile_for(model, base_image="docker:mlbuild-test/python:3.11-bookworm")
+    assert "FROM mlbuild-test/python:3.11-bookworm\n" in text and "docker:" not in text
+    for base in ("./layout", "oci:/srv/layout", "docker-archive:base.tar"):
+        with pytest.raises(ConfigError) as info:
+            dockerfile_for(model, base_image=base)
+        assert info.value.message.startswith(f"base image {base!r} is a local image layout or archive")
+        assert "--backend oci" in info.value.hint

@@ -174,15 +174,30 @@ def test_bom_is_422_saying_so(worker):
     _assert_serves_on(w)
 
 
-@pytest.mark.parametrize("body", [b"\xff\xfe", b'{"a": "\xc3"}', b"", b"{", b'{"a": 1}}', b"1" * 5000,
-                                  b'"\\ud800"', b"\x00", b'{"a": "\\u00"}', b"[" * 50 + b"]" * 49])  # fmt: skip
-def test_junk_bodies_never_end_the_worker(worker, body):
+@pytest.mark.parametrize("body, error_type", [
+    (b"\xff\xfe", "json_invalid"),  # not UTF-8
+    (b'{"a": "\xc3"}', "json_invalid"),  # a cut UTF-8 sequence
+    (b"", "json_invalid"),
+    (b"{", "json_invalid"),
+    (b'{"a": 1}}', "json_invalid"),
+    (b"1" * 5000, "json_invalid"),  # past sys.get_int_max_str_digits() (Python >= 3.11)
+    (b'"\\ud800"', "dict_type"),  # valid JSON (a lone surrogate), but echo takes an object
+    (b"\x00", "json_invalid"),
+    (b'{"a": "\\u00"}', "json_invalid"),
+    (b"[" * 50 + b"]" * 49, "json_invalid"),  # unbalanced, within the depth limit
+], ids=lambda v: repr(v)[:30])
+def test_junk_bodies_are_422_of_their_type_and_never_end_the_worker(worker, body, error_type):
     w = worker()
     kind, answer = w.request(body)
-    assert kind in ("ERROR", "RESULT")
-    if kind == "ERROR":
-        assert answer["status"] == 422, answer
+    assert kind == "ERROR" and answer["status"] == 422, answer
+    assert [d["type"] for d in answer["detail"]] == [error_type], answer
     _assert_serves_on(w)
+
+
+def test_a_deep_body_within_the_limit_is_answered(worker):
+    w = worker()
+    body = b'{"a": ' + b"[" * 98 + b"1" + b"]" * 98 + b"}"  # 99 levels
+    assert w.request(body) == ("RESULT", json.loads(body))
 
 
 def test_a_body_full_of_wrong_values_gets_a_bounded_error_list(worker):
@@ -332,4 +347,4 @@ def test_real_server_answers_hostile_bodies_without_losing_its_worker(server):
         metrics = client.get("/metrics").text
     assert "restarting worker" not in log_path.read_text()
     restarts = [line for line in metrics.splitlines() if line.startswith("mlbuild_worker_restarts_total{")]
-    assert all(line.endswith(" 0.0") for line in restarts), restarts
+    assert restarts and all(line.endswith(" 0.0") for line in restarts), restarts

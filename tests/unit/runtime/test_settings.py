@@ -186,3 +186,34 @@ def test_hostile_input_limit_defaults_and_env(tmp_path):
     assert (s.max_json_depth, s.max_header_size, s.header_timeout, s.max_connections) == (20, 8192, 2.0, 5)
     with pytest.raises(SettingsError, match="MLBUILD_MAX_JSON_DEPTH"):
         read(MLBUILD_MODEL_DIR=str(tmp_path), MLBUILD_MAX_JSON_DEPTH="5000")
+
+
+def test_send_timeout_and_body_budget_defaults_precedence_and_errors(tmp_path):
+    base = ["--model-dir", str(tmp_path)]
+    s = read(base)
+    assert (s.send_timeout, s.max_body_bytes_in_flight) == (60.0, 64 << 20)  # nginx send_timeout; 64 MiB
+    s = read(base, MLBUILD_SEND_TIMEOUT="5", MLBUILD_MAX_BODY_BYTES_IN_FLIGHT="256MiB")
+    assert (s.send_timeout, s.max_body_bytes_in_flight) == (5.0, 256 << 20)
+    s = read([*base, "--send-timeout", "7", "--max-body-bytes-in-flight", "32MiB"],
+             MLBUILD_SEND_TIMEOUT="5", MLBUILD_MAX_BODY_BYTES_IN_FLIGHT="256MiB")  # fmt: skip
+    assert (s.send_timeout, s.max_body_bytes_in_flight) == (7.0, 32 << 20)
+    with pytest.raises(SettingsError, match=r"^MLBUILD_SEND_TIMEOUT='0': must be greater than 0"):
+        read(base, MLBUILD_SEND_TIMEOUT="0")
+    with pytest.raises(SettingsError, match=r"^--max-body-bytes-in-flight='lots': must be a byte count"):
+        read([*base, "--max-body-bytes-in-flight", "lots"])
+
+
+def test_the_body_budget_must_hold_one_body_of_the_largest_size(tmp_path):
+    base = ["--model-dir", str(tmp_path)]
+    # unset, it follows a body limit raised past 64 MiB
+    assert read([*base, "--max-body-size", "100MiB"]).max_body_bytes_in_flight == 100 << 20
+    assert read([*base, "--max-body-size", "1MiB"]).max_body_bytes_in_flight == 64 << 20
+    # set below the body limit: one line naming both
+    with pytest.raises(SettingsError) as info:
+        read([*base, "--max-body-size", "20MiB"], MLBUILD_MAX_BODY_BYTES_IN_FLIGHT="16MiB")
+    message = str(info.value)
+    assert message.startswith("MLBUILD_MAX_BODY_BYTES_IN_FLIGHT='16MiB': must be at least the body limit")
+    assert "--max-body-size='20MiB'" in message and "\n" not in message
+    with pytest.raises(SettingsError, match="the default MLBUILD_MAX_BODY_SIZE=10485760"):
+        read([*base, "--max-body-bytes-in-flight", "1MiB"])
+    assert read([*base, "--max-body-bytes-in-flight", "10MiB"]).max_body_bytes_in_flight == 10 << 20
