@@ -92,3 +92,27 @@ def docker_archive(tmp_path: Path) -> Callable[..., Path]:
         return write_docker_archive(tmp_path / name, layers or debian_like_layers(), **kw)
 
     return make
+
+
+def symlink_chain_layer(hops: int, depth: int, entries: list[str]) -> bytes:
+    """Symlinks ``s0 -> s1 -> ... -> d``, each target ``/q/q/.../../..s{i+1}`` with ``depth``
+    ``q/`` then as many ``../`` (2 * depth + 1 components, 5 * depth + 4 bytes: depth 818 is
+    the longest under PATH_MAX), then the directory ``d`` and ``entries`` (plain files, e.g.
+    ``s0/f1``), in that order: a base whose entries make the scan walk a long chain."""
+    members: list[tuple[str, bytes | str | None]] = [
+        (f"s{i}", "/" + "q/" * depth + "../" * depth + (f"s{i + 1}" if i < hops - 1 else "d")) for i in range(hops)
+    ]
+    members.append(("d", None))
+    members.extend((name, b"") for name in entries)
+    return layer_tar(members)
+
+
+def gzip_layer_of_empty_files(path: Path, names) -> Path:
+    """A .tar.gz layer at ``path`` holding an empty file for each of ``names`` (an iterable,
+    written as a stream: a million entries never sit in memory here)."""
+    import gzip
+
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as gz, tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            tar.addfile(tarfile.TarInfo(name))
+    return path

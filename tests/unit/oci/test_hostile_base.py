@@ -1,6 +1,7 @@
 """Hostile base images: each malformed or risky layer entry gives its exact error or warning
-line (naming the layer and the entry), the opt-out works, the normal base gives no line, and a
-gzip bomb is scanned with bounded memory (measured in a child process)."""
+line (naming the layer and the entry), the opt-out works, the normal base gives no line, a
+gzip bomb is scanned with bounded memory (measured in a child process), symlink chains cost
+bounded work, and the model's memory stays within what its budget charges."""
 
 from __future__ import annotations
 
@@ -23,7 +24,16 @@ from mlbuild._oci.backend import OciBackend
 from mlbuild._oci.base import BaseImage, open_base
 from mlbuild._oci.rootfs import SMALL_FILE_MAX, UNSAFE_BASE_ENV, rootfs_facts, scan_rootfs
 from mlbuild._platforms import parse_platform
-from ocifixtures import GROUP, PASSWD, debian_like_layers, image_config, sha, write_docker_archive
+from ocifixtures import (
+    GROUP,
+    PASSWD,
+    debian_like_layers,
+    gzip_layer_of_empty_files,
+    image_config,
+    sha,
+    symlink_chain_layer,
+    write_docker_archive,
+)
 
 AMD64 = parse_platform("linux/amd64")
 REPO = Path(__file__).resolve().parents[3]
@@ -436,3 +446,181 @@ def test_model_size_is_capped(tmp_path: Path, monkeypatch) -> None:
     layer = raw_layer(*(file_("srv/" + "n" * 150 + str(i), b"") for i in range(4000)))
     with pytest.raises(BuildError, match=rf"base layer {short(layer)}: more entries than mlbuild reads \(1 MiB of names, at entry 'srv/n+\d+'\)$"):
         scan_rootfs(base_with(tmp_path, layer))
+
+
+# ---------------------------------------------------------------- PATH_MAX and symlink chains
+
+
+def _cut(text: str) -> str:
+    return "'" + text[:200] + "…'"  # how a long name is shown in a line
+
+
+def test_name_or_link_target_longer_than_path_max_is_an_error(tmp_path: Path) -> None:
+    """Linux refuses both (ENAMETOOLONG: `docker load` fails with "file name too long"), and
+    4095 bytes loads; a long target was also what let a chain of links cost hours."""
+    target = "x/" * 2048  # 4096 bytes
+    for member, line in [
+        (symlink("a", target), f"symlink 'a' -> {_cut(target)} has a target of 4096 bytes"),
+        (hardlink("h", target), f"hard link 'h' -> {_cut(target)} has a target of 4096 bytes"),
+        (file_("d/" * 2048 + "f"), f"entry {_cut('d/' * 2048)} has a name of 4097 bytes"),
+        (file_("é/" * 1400 + "f"), f"entry {_cut('é/' * 1400)} has a name of 4201 bytes"),  # bytes, not characters
+    ]:
+        layer = raw_layer(file_("ok"), member)
+        with pytest.raises(BuildError) as info:
+            scan_rootfs(base_with(tmp_path, layer))
+        assert str(info.value) == f"base layer {short(layer)}: {line}; Linux takes at most 4095 (PATH_MAX)"
+        assert HINT in (info.value.hint or "")
+        fs = scan_rootfs(base_with(tmp_path, layer), allow_unsafe=True)
+        assert fs.warnings == [f"warning: base layer {short(layer)}: {line}; Linux takes at most 4095 (PATH_MAX) "
+                               f"(left out: {UNSAFE_BASE_ENV}=1)"]
+        assert sorted(p for p in fs.entries if p.startswith(("/a", "/h", "/d", "/é"))) == []
+    at_limit = raw_layer(symlink("a", target[:4095]), file_("d/" * 2047 + "f"))  # 4095 bytes each: loads
+    fs = scan_rootfs(base_with(tmp_path, at_limit))
+    assert fs.warnings == [] and fs.kind("/a") == "symlink" and fs.kind("/" + "d/" * 2047 + "f") == "file"
+
+
+def test_entry_under_a_directory_that_does_not_resolve_is_an_error(tmp_path: Path) -> None:
+    """`docker load` fails on each (ELOOP for the loop, and the chain is more than mlbuild walks)."""
+    unresolved = "does not resolve (a symlink loop, or more than 40 links, 4096 path components or 4095 bytes)"
+    loop = raw_layer(symlink("l1", "l2"), symlink("l2", "l1"), file_("l1/f"))
+    chain = symlink_chain_layer(40, 800, ["s0/f"])  # 40 links of 1,601 components each
+    too_many = raw_layer(*(symlink(f"k{i}", f"k{i + 1}") for i in range(41)), _info("k41", tarfile.DIRTYPE), file_("k0/f"))
+    links = raw_layer(symlink("l1", "l2"), symlink("l2", "l1"))
+    whiteout = raw_layer(file_("l1/.wh.f", b""))  # a whiteout applies to the layers below, where the loop is
+    for layers, entry, directory in [([loop], "l1/f", "/l1"), ([chain], "s0/f", "/s0"), ([too_many], "k0/f", "/k0"),
+                                     ([links, whiteout], "l1/.wh.f", "/l1")]:
+        line = f"entry '{entry}': its directory '{directory}' {unresolved}"
+        with pytest.raises(BuildError) as info:
+            scan_rootfs(base_with(tmp_path, *layers))
+        assert str(info.value) == f"base layer {short(layers[-1])}: {line}"
+        fs = scan_rootfs(base_with(tmp_path, *layers), allow_unsafe=True)
+        assert fs.warnings == [f"warning: base layer {short(layers[-1])}: {line} (left out: {UNSAFE_BASE_ENV}=1)"]
+        assert fs.kind(entry.replace(".wh.", "")) is None
+    # 40 links is what the kernel follows, and mlbuild too.
+    forty = raw_layer(*(symlink(f"k{i}", f"k{i + 1}") for i in range(40)), _info("k40", tarfile.DIRTYPE), file_("k0/f"))
+    fs = scan_rootfs(base_with(tmp_path, forty))
+    assert fs.warnings == [] and fs.kind("/k40/f") == "file"
+
+
+def test_entries_under_a_long_symlink_chain_cost_linear_work(tmp_path: Path) -> None:
+    """Two links of 1,601 components each (3,200 components to resolve s0): each entry under
+    s0/ re-walked them (N x 3,200 components); the resolved directory is now cached, so the
+    work (components processed, counted by the scan) grows by a few units per entry."""
+    def work(n: int) -> int:
+        layer = symlink_chain_layer(2, 800, [f"s0/f{i}" for i in range(n)])
+        fs = scan_rootfs(base_with(tmp_path, layer))
+        assert fs.warnings == [] and fs.kind(f"/d/f{n - 1}") == "file" and fs.kind("/s0/f0") is None
+        return fs.walk_steps
+    small, big = work(100), work(1100)
+    assert big - small <= 4 * 1000, (small, big)
+    # A symlink entry in between changes what paths resolve to: the cache is dropped, not stale.
+    layer = raw_layer(_info("d1", tarfile.DIRTYPE), _info("d2", tarfile.DIRTYPE), symlink("s", "d1"), file_("s/a"),
+                      symlink("s", "d2"), file_("s/b"))
+    fs = scan_rootfs(base_with(tmp_path, layer))
+    assert (fs.kind("/d1/a"), fs.kind("/d2/b"), fs.kind("/d1/b")) == ("file", "file", None)
+    mid = raw_layer(_info("d1", tarfile.DIRTYPE), _info("d2", tarfile.DIRTYPE), symlink("s", "d1"), file_("s/a"))
+    fs = scan_rootfs(base_with(tmp_path, mid, raw_layer(file_(".wh.s", b""), symlink("s", "d2"), file_("s/b"))))
+    assert (fs.kind("/d1/a"), fs.kind("/d2/b"), fs.kind("/d1/b")) == ("file", "file", None)
+
+
+def test_symlink_walking_is_capped_per_scan(tmp_path: Path, monkeypatch) -> None:
+    """Distinct directories under a long chain each need a full walk (3,200 components); the
+    scan's total is capped (the real cap is WALK_STEPS_MAX: same code path)."""
+    import mlbuild._oci.rootfs_tree as tree
+
+    monkeypatch.setattr(tree, "WALK_STEPS_MAX", 100_000)
+    layer = symlink_chain_layer(2, 800, [f"s0/a{i}/f" for i in range(100)])
+    with pytest.raises(BuildError, match=rf"^base layer {short(layer)}: more symlink walking than mlbuild does "
+                                         r"\(100000 path components, at entry 's0/a\d+/f'\)$"):
+        scan_rootfs(base_with(tmp_path, layer), allow_unsafe=True)
+
+
+_CPU_CHILD = """
+import sys, time
+from mlbuild._oci.base import open_base
+from mlbuild._oci.rootfs import scan_rootfs
+from mlbuild._platforms import parse_platform
+t0 = time.monotonic()
+fs = scan_rootfs(open_base(sys.argv[1], parse_platform("linux/amd64")), allow_unsafe=True)
+print(round(time.monotonic() - t0, 2), len(fs.warnings), fs.warnings[-1])
+"""
+
+
+def test_symlink_chain_cannot_stall_the_scan(tmp_path: Path) -> None:
+    """The review's shape: 40 chained links of 1,601 components each and 3,000 entries under the
+    first (opted out, so the scan goes on). Each entry re-walked 64,000 components (~30 ms):
+    ~100 s for this layer, hours for 100k entries; now the walk stops at 4,096 components,
+    once, and the answer is cached."""
+    layer = symlink_chain_layer(40, 800, [f"s0/f{i}" for i in range(3000)])
+    layers = debian_like_layers() + [layer]
+    path = write_docker_archive(tmp_path / "chain.tar", layers, config=image_config(layers))
+    try:
+        out = subprocess.run([sys.executable, "-c", _CPU_CHILD, f"docker-archive:{path}"], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the scan took more than 60 s")
+    assert out.returncode == 0, out.stderr
+    seconds, count, last = out.stdout.split(" ", 2)
+    assert float(seconds) < 20 and count == "11"
+    assert last.strip() == f"warning: base layer {short(layer)}: 2990 more entries like the above (unsafe entries)"
+
+
+# ---------------------------------------------------------------- the model's memory
+
+_MEM_CHILD = """
+import json, sys, tracemalloc
+import mlbuild._oci.rootfs as rootfs
+from mlbuild._errors import MlbuildError
+from mlbuild._oci.base import BaseLayer, open_layer_tar
+path, budget = sys.argv[1], int(sys.argv[2])
+rootfs.MODEL_BYTES_MAX = budget
+layer = BaseLayer("application/vnd.oci.image.layer.v1.tar+gzip", "sha256:" + "0" * 64, 0, "sha256:" + "0" * 64,
+                  lambda: open(path, "rb"), path)
+tracemalloc.start()
+start = tracemalloc.get_traced_memory()[0]
+fs = rootfs.Rootfs()
+try:
+    with open_layer_tar(layer) as tar:
+        fs.apply_layer(tar, path, layer="L")
+    result = "ok"
+except MlbuildError as exc:
+    result = str(exc)
+peak = tracemalloc.get_traced_memory()[1] - start
+print(json.dumps({"result": result, "peak": peak, "charged": getattr(fs, "charged_peak", None), "n": len(fs.entries)}))
+"""
+_SLACK = 2 << 20  # the layer stream's buffers (tarfile reads 256 KiB at a time) and the like
+
+
+def _memory_in_child(layer: Path, budget: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(layer), str(budget)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("shape", ["flat", "deep"])
+def test_model_memory_stays_within_its_budget(tmp_path: Path, shape: str) -> None:
+    """Python's own count (tracemalloc) of what the scan holds, against MODEL_BYTES_MAX set to
+    6 MiB: a layer over it is refused before memory passes ~1.3x the budget. Before, flat (many
+    empty files) took 3.4x (every TarInfo kept, each entry's strings twice), and deep (3.8 KB
+    names, each making 1,900 implicit parent directories) took ~4 MB per 4 KB charged."""
+    budget = 6 << 20
+    if shape == "flat":
+        names = (f"d/{i:x}" for i in range(50_000))
+    else:
+        names = (f"a{i}/" + "a/" * 1900 + "f" for i in range(12))
+    layer = gzip_layer_of_empty_files(tmp_path / "many.tar.gz", names)
+    got = _memory_in_child(layer, budget)
+    assert got["result"].startswith("base layer L: more entries than mlbuild reads (6 MiB of names, at entry "), got
+    assert got["peak"] < 1.3 * budget + _SLACK, f"peak {got['peak'] / 2**20:.1f} MiB for a budget of 6 MiB"
+
+
+def test_model_memory_matches_what_the_budget_charges(tmp_path: Path) -> None:
+    """A layer the budget takes: the charge (peak of what was counted) is what Python holds,
+    within 1.3x either way (so the 256 MiB cap means 256 MiB, and a real base is not refused
+    for memory it never uses)."""
+    layer = gzip_layer_of_empty_files(tmp_path / "many.tar.gz", (f"usr/share/doc/pkg{i // 50}/f{i}" for i in range(30_000)))
+    got = _memory_in_child(layer, 256 << 20)
+    assert got["result"] == "ok" and got["n"] > 30_000
+    assert got["charged"] is not None, "the scan does not say what it charged"
+    assert got["peak"] < 1.3 * got["charged"] + _SLACK and got["charged"] < 1.3 * got["peak"], got
