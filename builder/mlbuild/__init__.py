@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # name -> private module that defines it
 _EXPORTS = {
@@ -27,10 +27,11 @@ _EXPORTS = {
     "SpecOverrides": "._spec",
     "Lock": "._lock",
     "LockedPackage": "._lock",
-    "ImageResult": "._backends",
+    "ImageResult": "._result",
     "MlbuildError": "._errors",
     "ConfigError": "._errors",
     "EntrypointError": "._errors",
+    "SaveError": "._errors",
     "LockError": "._errors",
     "ResolutionError": "._errors",
     "StaleLockError": "._errors",
@@ -60,7 +61,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._api import build_image, lock
-    from ._backends import ImageResult
     from ._errors import (
         BuildError,
         ConfigError,
@@ -73,8 +73,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PublishError,
         ResolutionError,
         RunError,
+        SaveError,
         StaleLockError,
     )
     from ._lock import Lock, LockedPackage
+    from ._result import ImageResult
     from ._save import save
     from ._spec import ModelSpec, SpecOverrides, load_spec

@@ -1,13 +1,16 @@
-"""The public Python API; the CLI calls exactly these functions."""
+"""The public Python API: lock() and build_image() (the CLI's `lock` and `image` commands call
+them), and the one place where mlbuild.save and the build meet (save_and_build)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lock", "build_image", "choose_backend"]
+__all__ = ["lock", "build_image", "choose_backend", "save_and_build"]
 
 Progress = Callable[[str], None]
 
@@ -46,27 +49,6 @@ def choose_backend(requested: str, *, wants_oci_output: bool, progress: Progress
     return "oci"
 
 
-def default_archive(directory: Path, python: str | None) -> Path:
-    """Where ``auto`` writes when it fell back to oci with no target: ``<name>-<version>.tar``
-    in the current directory, loadable with ``docker load`` or ``skopeo copy oci-archive:``."""
-    from ._spec import SpecOverrides, load_spec
-
-    spec = load_spec(directory, overrides=SpecOverrides(python=python) if python else None)
-    return Path.cwd() / f"{spec.name}-{spec.version}.tar"
-
-
-def _refuse_python_mismatch_of_saved_model(directory: Path, python: str | None) -> None:
-    """A directory written by mlbuild.save holds a pickle that only loads on the Python minor
-    version that made it: refuse another target before anything is built."""
-    if not (directory / "artifacts" / "payload.json").is_file():
-        return
-    from ._save import check_payload_python
-    from ._spec import SpecOverrides, load_spec
-
-    spec = load_spec(directory, overrides=SpecOverrides(python=python) if python else None)
-    check_payload_python(directory, spec.python)
-
-
 def build_image(
     model: Any,
     *,
@@ -86,36 +68,83 @@ def build_image(
     :func:`mlbuild.save` first). Returns an :class:`ImageResult`.
 
     ``backend``: ``"docker"`` (the Docker engine), ``"oci"`` (assembled in Python; needs
-    ``output``, ``push`` or ``load``), or ``"auto"``.
+    ``output``, ``push`` or ``load``), or ``"auto"``. ``quiet`` drops ``progress``.
     """
     if not isinstance(model, (str, os.PathLike)):
-        from ._save import save_and_build
-
         return save_and_build(
             model, tag=tag, base_image=base_image, platform=platform, python=python,
             backend=backend, output=output, push=push, load=load, quiet=quiet, progress=progress,
             runner=runner,
         )
-    _refuse_python_mismatch_of_saved_model(Path(model), python)
+    from ._build import build
+    from ._plan import BuildRequest, make_plan
+    from ._platforms import parse_platform, parse_platforms
+
+    progress = None if quiet else progress
     chosen = choose_backend(backend, wants_oci_output=bool(output or push), progress=progress)
     if chosen == "docker":
         from ._backends.docker import DockerBackend, engine_client
-        from ._image import build_image as docker_build
 
-        client = engine_client()  # no engine: say so now, before locking and installing for nothing
-        return docker_build(
-            Path(model), tag=tag, base_image=base_image, platform=platform, python=python,
-            quiet=quiet, runner=runner, progress=progress, backend=DockerBackend(client_factory=lambda: client),
-        )
-    from ._oci.backend import build_oci_image
+        clients: list[Any] = []
 
-    if output is None and push is None and not load and backend == "auto":
-        output = default_archive(Path(model), python)
-        if progress:
-            progress(f"writing {output}")
+        def preflight(_spec: Any) -> None:
+            # No engine: say so after the model directory's own errors, before locking and
+            # installing for nothing.
+            clients.append(engine_client())
 
-    return build_oci_image(
-        Path(model), tag=tag, base_image=base_image, platform=platform, python=python,
-        output=Path(output) if output else None, push=push, load=load, quiet=quiet,
-        runner=runner, progress=progress,
-    )
+        engine: Any = DockerBackend(client_factory=lambda: clients[0])
+        platforms = (str(parse_platform(platform)),)
+    else:
+        from ._backends.oci import OciBackend
+
+        preflight = None
+        engine = OciBackend(runner=runner)
+        platforms = tuple(str(p) for p in parse_platforms(platform))
+    request = BuildRequest(tag=tag, base_image=base_image, platforms=platforms, python=python, progress=progress)
+    plan = make_plan(Path(model), request, runner=runner, preflight=preflight)
+    publisher = None
+    if chosen == "oci":
+        from ._publish import publishers_for
+
+        if output is None and push is None and not load and backend == "auto":
+            # auto fell back to oci with no target: <name>-<version>.tar in the current directory,
+            # loadable with `docker load` or `skopeo copy oci-archive:`.
+            output = Path.cwd() / f"{plan.spec.name}-{plan.spec.version}.tar"
+            plan.say(f"writing {output}")
+        publisher = publishers_for(output=Path(output) if output else None, push=push, load=load, runner=runner)
+    return build(plan, engine, publisher)
+
+
+def save_and_build(
+    obj: object,
+    *,
+    tag: str | None,
+    workdir: str | os.PathLike[str] | None = None,
+    requirements: Sequence[str] | None = None,
+    python: str | None = None,
+    name: str | None = None,
+    **build_kwargs: Any,
+):
+    """save() then build_image() on the saved directory; returns its ImageResult. The one
+    place where saving and building meet: mlbuild.save knows nothing of building.
+
+    ``workdir``: where the model directory goes and stays (an earlier save there is replaced;
+    any other non-empty directory is refused); default a temporary directory removed after
+    the build. A ``python`` build target other than the running minor version is refused
+    before anything is written. The remaining keyword arguments go to build_image unchanged.
+    """
+    from ._save import check_python_arg, read_payload_info, save
+
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlbuild-save-")))
+            model_dir = base / "model"
+        else:
+            model_dir = Path(workdir)
+        if "python" in build_kwargs:  # a target given to the build: refuse a mismatch up front
+            check = check_python_arg(build_kwargs["python"])
+            python = python or check
+        # Replace a directory only when it holds an earlier save, never an unrelated one.
+        replace = model_dir.is_dir() and read_payload_info(model_dir) is not None
+        saved = save(obj, model_dir, requirements=requirements, python=python, name=name, overwrite=replace)
+        return build_image(saved.path, tag=tag, **build_kwargs)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
 from ._errors import MlbuildError
+from ._version import __version__
 
 _PLATFORM_HELP = "Target platform(s), e.g. linux/amd64 or linux/amd64,linux/arm64."
 
@@ -69,7 +69,7 @@ def lock(directory: Path, python: str | None, platform: str, resolver: str) -> N
 def dockerfile(directory: Path, base_image: str | None) -> None:
     """Print the Dockerfile mlbuild renders for DIRECTORY (writing mlbuild.lock first if it is
     absent, as `mlbuild image` would: the lock's digest is one of the image's labels)."""
-    from ._templates import dockerfile_for
+    from ._backends.docker import dockerfile_for
 
     click.echo(dockerfile_for(directory, base_image=base_image), nl=False)
 
@@ -118,7 +118,6 @@ def image(
         output=output,
         push=push,
         load=load,
-        quiet=quiet or as_json,
         progress=_progress(quiet or as_json),
     )
     if as_json:

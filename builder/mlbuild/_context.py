@@ -2,10 +2,9 @@
 
 The context is a sorted list of entries (archive path -> source file or bytes), not a copied
 directory: the envs weigh hundreds of MB and copying them per build would cost more than the
-build. ``write_tar`` streams it with every header normalized (uid/gid 0, no user names, mtime =
+build. ``iter_tar`` streams it with every header normalized (uid/gid 0, no user names, mtime =
 SOURCE_DATE_EPOCH or a fixed epoch, mode 0644/0755), so the bytes depend only on the content;
 Docker's COPY cache and the layer digests then do not depend on checkout time or umask.
-``materialize`` writes the same tree to a directory (for `--keep-context` style debugging).
 
 Layout::
 
@@ -29,7 +28,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from ._errors import BuildError
-from ._templates import IMAGE_PATHS, MODEL_TEMPLATE_NAME, source_date_epoch
+from ._imagefacts import IMAGE_PATHS, runtime_pth, source_date_epoch
+from ._oci.tarlayer import SKIP_NAMES, is_skipped  # one skip rule for both backends
+from ._resources import MODEL_TEMPLATE_NAME, runtime_package_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._files import ModelFiles
@@ -40,13 +41,8 @@ __all__ = [
     "context_for_app",
     "context_for_env",
     "env_layer_tar",
-    "runtime_package_dir",
-    "RUNTIME_PTH_NAME",
 ]
 
-RUNTIME_PTH_NAME = "mlbuild-runtime.pth"
-_SKIP_NAMES = {"__pycache__", ".DS_Store"}
-_SKIP_SUFFIXES = (".pyc", ".pyo")
 
 
 @dataclass(frozen=True)
@@ -79,9 +75,6 @@ class BuildContext:
         self.entries: tuple[ContextEntry, ...] = tuple(by_name[k] for k in sorted(by_name))
         self.mtime = source_date_epoch() if mtime is None else mtime
 
-    def names(self) -> list[str]:
-        return [e.arcname for e in self.entries]
-
     def size_bytes(self) -> int:
         total = 0
         for e in self.entries:
@@ -111,7 +104,7 @@ class BuildContext:
             info.size = len(entry.data)
             return info, io.BytesIO(entry.data)
         assert entry.source is not None
-        handle = open(entry.source, "rb")  # noqa: SIM115 - closed by write_tar
+        handle = open(entry.source, "rb")  # noqa: SIM115 - closed by iter_tar
         info.size = os.fstat(handle.fileno()).st_size
         return info, handle
 
@@ -138,33 +131,6 @@ class BuildContext:
         if sink.size:
             yield sink.take()
 
-    def write_tar(self, fileobj: IO[bytes]) -> None:
-        """An uncompressed POSIX tar: the engine reads it fastest, and it is byte-stable."""
-        for chunk in self.iter_tar():
-            fileobj.write(chunk)
-
-    def materialize(self, dest: Path) -> Path:
-        """Write the context as a directory tree (same names, modes and mtimes)."""
-        dest.mkdir(parents=True, exist_ok=True)
-        for entry in self.entries:
-            target = dest / entry.arcname
-            if entry.is_dir:
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if entry.link is not None:
-                target.symlink_to(entry.link)
-                continue
-            data = entry.data if entry.data is not None else entry.source.read_bytes()  # type: ignore[union-attr]
-            target.write_bytes(data)
-            os.chmod(target, 0o755 if entry.executable else 0o644)
-            os.utime(target, (self.mtime, self.mtime))
-        for entry in reversed(self.entries):
-            if entry.is_dir:
-                os.chmod(dest / entry.arcname, 0o755)
-                os.utime(dest / entry.arcname, (self.mtime, self.mtime))
-        return dest
-
 
 _CHUNK = 1 << 20
 
@@ -187,17 +153,13 @@ class _ChunkSink:
         return data
 
 
-def _is_skipped(rel: Path) -> bool:
-    return any(part in _SKIP_NAMES for part in rel.parts) or rel.name.endswith(_SKIP_SUFFIXES)
-
-
 def _tree(root: Path, prefix: str) -> Iterator[ContextEntry]:
     """Every file under ``root`` as entries under ``prefix``; symlinks are kept as links
     (venv bin/ may hold some), caches and bytecode are left out."""
     if not root.is_dir():
         raise BuildError(f"build input {root} is missing or not a directory", hint="run the build again; if it persists, clear ~/.cache/mlbuild")
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_NAMES)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_NAMES)
         base = Path(dirpath)
         rel_dir = base.relative_to(root)
         for d in dirnames:
@@ -208,7 +170,7 @@ def _tree(root: Path, prefix: str) -> Iterator[ContextEntry]:
         for name in sorted(filenames):
             path = base / name
             rel = rel_dir / name
-            if _is_skipped(rel):
+            if is_skipped(rel.as_posix()):
                 continue
             if path.is_symlink():
                 yield ContextEntry(_join(prefix, rel), link=os.readlink(path))
@@ -231,27 +193,14 @@ def _file_entry(arcname: str, path: Path) -> ContextEntry:
     return ContextEntry(arcname, source=path, executable=bool(mode & 0o111))
 
 
-def runtime_package_dir() -> Path:
-    """The installed mlbuild_runtime package (copied into every image as a directory)."""
-    import mlbuild_runtime
-
-    return Path(mlbuild_runtime.__file__).resolve().parent
-
-
-def _site_packages(env_root_name: str, python: str) -> str:
-    return f"{env_root_name}/lib/python{python}/site-packages"
-
-
 def context_for_env(*, dockerfile: str, dockerignore: str, server_env: Path, model_env: Path, python: str) -> BuildContext:
     """The env image's context: the two installed envs (plus the runtime's .pth)."""
-    pth = (IMAGE_PATHS["runtime_path"] + "\n").encode()
+    pth_path, pth = runtime_pth("server-env", python)
     entries: list[ContextEntry] = [
         ContextEntry("Dockerfile", data=dockerfile.encode()),
         ContextEntry(".dockerignore", data=dockerignore.encode()),
         *_tree(server_env, "server-env"),
-        # The server env finds mlbuild_runtime through this .pth; the path is constant, so the
-        # server env layer stays identical for every model built by this mlbuild version.
-        ContextEntry(f"{_site_packages('server-env', python)}/{RUNTIME_PTH_NAME}", data=pth),
+        ContextEntry(pth_path, data=pth),
         *_tree(model_env, "model-env"),
     ]
     return BuildContext(entries)
@@ -263,8 +212,8 @@ def env_layer_tar(*, kind: str, env_dir: Path, python: str) -> BuildContext:
     root = IMAGE_PATHS[f"{kind}_env_path"].lstrip("/")
     entries = list(_tree(env_dir, root))
     if kind == "server":
-        pth = (IMAGE_PATHS["runtime_path"] + "\n").encode()
-        entries.append(ContextEntry(f"{_site_packages(root, python)}/{RUNTIME_PTH_NAME}", data=pth))
+        pth_path, pth = runtime_pth(root, python)
+        entries.append(ContextEntry(pth_path, data=pth))
     return BuildContext(tuple(entries))
 
 

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
@@ -37,11 +38,12 @@ from pathlib import Path
 from packaging import tags as _tags
 from packaging.utils import canonicalize_name
 
+from ._cache import envs_cache
 from ._errors import FetchError, NoWheelError
-from ._platforms import Platform
+from ._platforms import Platform, parse_platform
 from ._runner import CommandFailed, Runner, SubprocessRunner, uv_binary
 
-__all__ = ["InstalledEnv", "install_env", "target_tags"]
+__all__ = ["InstalledEnv", "file_digest", "install_env", "installed_env", "target_tags"]
 
 _UNSTABLE_METADATA = frozenset({"direct_url.json", "uv_build.json"})
 
@@ -262,3 +264,40 @@ def _replace_shebang(data: bytes, shebang: str) -> bytes:
     if b"python" in lines[0]:
         return b"\n".join([shebang.encode()] + lines[1:])
     return data  # a shell script or such: leave it alone
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def installed_env(
+    kind: str,
+    requirements_file: Path,
+    digest: str,
+    *,
+    python: str,
+    platform: str,
+    env_path_in_image: str,
+    runner: Runner | None = None,
+    say: Callable[[str], None] = lambda _line: None,
+) -> Path:
+    """The root of an installed env for ``requirements_file`` (a lock), from the cache or new.
+
+    The cache is keyed by what determines the env's content - the lock's digest, the platform
+    and the Python - and an entry is used as it is when present: install_env renames a finished
+    env into place, so an interrupted install never leaves a half env that a build would trust."""
+    slug = platform.replace("/", "-")
+    key = digest.split(":", 1)[-1][:24]
+    final = envs_cache() / f"{kind}-py{python}-{slug}-{key}"
+    if final.is_dir():
+        return final
+    say(f"installing the {kind} env ({requirements_file.name}) for {platform}, Python {python}")
+    install_env(
+        requirements_file,
+        final,
+        python=python,
+        platform=parse_platform(platform),
+        env_path_in_image=env_path_in_image,
+        runner=runner,
+    )
+    return final

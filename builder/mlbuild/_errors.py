@@ -4,7 +4,8 @@ The tree (catch a parent to catch its children)::
 
     MlbuildError                 exit 1   anything mlbuild reports on purpose
     ├── ConfigError              exit 2   the model directory or its config is wrong
-    │   └── EntrypointError      exit 2   predict.py / the entrypoint is missing or wrong
+    │   ├── EntrypointError      exit 2   predict.py / the entrypoint is missing or wrong
+    │   └── SaveError            exit 2   mlbuild.save() cannot make a model directory of an object
     ├── LockError                exit 3   the environment could not be locked
     │   ├── ResolutionError      exit 3   the resolver found no solution
     │   └── StaleLockError       exit 3   mlbuild.lock no longer matches the requirements
@@ -28,6 +29,7 @@ __all__ = [
     "MlbuildError",
     "ConfigError",
     "EntrypointError",
+    "SaveError",
     "LockError",
     "ResolutionError",
     "StaleLockError",
@@ -74,6 +76,12 @@ class ConfigError(MlbuildError):
 
 class EntrypointError(ConfigError):
     pass
+
+
+class SaveError(ConfigError):
+    """mlbuild.save() cannot turn this object into a model directory (it does not pickle, has
+    no predict, the target directory is taken, the Python versions disagree...). Exit code 2
+    like other configuration errors: the input is wrong, not the machine."""
 
 
 class LockError(MlbuildError):

@@ -39,12 +39,12 @@ from typing import Literal
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from . import __version__
 from ._errors import LockError, ResolutionError, StaleLockError
 from ._platforms import parse_platforms
 from ._redact import URL, find_credential_url, mask_url_credentials
 from ._runner import CommandFailed, Runner, SubprocessRunner, uv_binary
 from ._spec import LOCK_FILE, ModelSpec
+from ._version import __version__
 
 __all__ = [
     "LockedPackage", "Lock", "lock", "write_lock", "read_lock", "ensure_lock", "render_header",

@@ -40,12 +40,6 @@ version = "0.1.0"
 '''
 
 
-def _sanitize(name: str) -> str:
-    # The spec's own rule, so the name written into mlbuild.toml is one load_spec accepts
-    # ("a..b" or a 300-character name used to give a config that failed to load).
-    return sanitize_name(name)
-
-
 def scaffold(directory: Path, *, name: str | None = None) -> list[Path]:
     """Create predict.py, requirements.txt, mlbuild.toml and artifacts/ in DIRECTORY.
 
@@ -57,7 +51,7 @@ def scaffold(directory: Path, *, name: str | None = None) -> list[Path]:
     contents = {
         Path("predict.py"): _PREDICT,
         Path("requirements.txt"): "# one requirement per line, e.g. scikit-learn==1.5.2\n",
-        Path("mlbuild.toml"): _TOML.format(name=_sanitize(name or directory.resolve().name)),
+        Path("mlbuild.toml"): _TOML.format(name=sanitize_name(name or directory.resolve().name)),
         Path("artifacts") / "greeting.txt": "Hello\n",
     }
     created = [directory / rel for rel in contents]

@@ -17,15 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ._cache import venvs_cache
 from ._errors import ConfigError, LockError, RunError
 from ._runner import CommandFailed, Runner, SubprocessRunner, uv_binary
 
 __all__ = ["serve", "predict_once", "isolated_python"]
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mlbuild" / "venvs"
 
 
 def isolated_python(directory: Path, *, runner: Runner | None = None) -> str:
@@ -44,7 +40,7 @@ def isolated_python(directory: Path, *, runner: Runner | None = None) -> str:
             hint=f"run `mlbuild lock {directory} --platform {host}` to serve it here with --isolated",
         )
     key = f"{lock.digest.removeprefix('sha256:')[:24]}-py{spec.python}"
-    venv = _cache_root() / key
+    venv = venvs_cache() / key
     python = venv / "bin" / "python"
     if python.exists():
         return str(python)

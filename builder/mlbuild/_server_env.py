@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ._errors import LockError, MlbuildError
 from ._lock import Lock, read_lock, write_lock
+from ._requirements import RequirementsSource, read_requirements_file
 from ._runner import Runner
-from ._spec import RequirementsSource, _read_requirements_file
 
 __all__ = [
     "server_lock_path",
@@ -65,11 +65,11 @@ def server_requirements(requirements_in: Path | None = None) -> RequirementsSour
     """The server env's direct requirements, normalized exactly like a model's."""
     path = requirements_in or _source_requirements_in()
     if path.is_file():
-        reqs = tuple(sorted(set(_read_requirements_file(path))))
+        reqs = tuple(sorted(set(read_requirements_file(path))))
         return RequirementsSource(kind="requirements.txt", path=path, requirements=reqs)
-    from ._spec import _normalize_requirement
+    from ._requirements import normalize_requirement
 
-    reqs = tuple(sorted({_normalize_requirement(r, "mlbuild._server_env") for r in _FALLBACK_REQUIREMENTS}))
+    reqs = tuple(sorted({normalize_requirement(r, "mlbuild._server_env") for r in _FALLBACK_REQUIREMENTS}))
     return RequirementsSource(kind="requirements.txt", path=None, requirements=reqs)
 
 

@@ -38,18 +38,19 @@ the config file > the inferred default.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ._entrypoint import find_entrypoint
 from ._errors import ConfigError, EntrypointError
+from ._globs import check_glob
+from ._requirements import PYPROJECT, RequirementsSource, requirements_source
+from ._tomlfile import read_toml, subtable, type_name
 from ._values import (
     ALLOWED,
     ENTRYPOINT_RE,
@@ -60,7 +61,6 @@ from ._values import (
     base_image_problem,
     credential_problem,
     debian_package_problem,
-    requirements_path_problem,
     sanitize_name,
     show,
     table_item_problem,
@@ -68,13 +68,12 @@ from ._values import (
 )
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+    pass
 
 __all__ = [
     "ModelSpec",
-    "RequirementsSource",
     "SpecOverrides",
     "load_spec",
     "CONFIG_FILE",
@@ -83,29 +82,11 @@ __all__ = [
 ]
 
 CONFIG_FILE = "mlbuild.toml"
-PYPROJECT = "pyproject.toml"
 LOCK_FILE = "mlbuild.lock"
+
+
 def _default_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-class RequirementsSource(BaseModel):
-    """Where the model's requirements came from and the normalized requirement lines.
-
-    ``requirements`` is sorted and de-duplicated, each line in packaging's canonical form, so
-    reordering or reformatting the file does not make the lock stale."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["requirements.txt", "pyproject", "none"]
-    path: Path | None = None
-    requirements: tuple[str, ...] = ()
-
-    @property
-    def sha256(self) -> str:
-        """Hex sha256 of the normalized lines: what mlbuild.lock's requirements-sha256 records."""
-        text = "".join(line + "\n" for line in self.requirements)
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class SpecOverrides(BaseModel):
@@ -189,7 +170,6 @@ class ModelSpec(BaseModel):
     @field_validator("include", "exclude")
     @classmethod
     def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from ._files import check_glob  # _files imports this module: import at call time
 
         for pattern in v:
             # Globs reach no template, but a line break in one is never meant and would make
@@ -210,14 +190,6 @@ class ModelSpec(BaseModel):
     @property
     def lock_path(self) -> Path:
         return self.directory / LOCK_FILE
-
-    @property
-    def entrypoint_module(self) -> str:
-        return self.entrypoint.split(":", 1)[0]
-
-    @property
-    def entrypoint_attr(self) -> str:
-        return self.entrypoint.split(":", 1)[1]
 
 
 # ---------------------------------------------------------------------------- config file
@@ -242,43 +214,6 @@ class _ConfigTable(BaseModel):
     port: int | None = None
 
 
-def _type_name(value: Any) -> str:
-    return {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from None
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8", hint="save the file as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib says "... (at line L, column C)"; put the line up front, compiler-style.
-        msg = str(exc)
-        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        if m is None and "(at end of document)" in msg:
-            # e.g. an unterminated table header on the last line: point at the last line.
-            m = re.search(r"\(at end of document\)", msg)
-            last_line = max(1, len(data.splitlines()))
-            where = f"{path}:{last_line}"
-            raise ConfigError(
-                f"{where}: TOML syntax error: {msg[: m.start()].strip()} (at end of file)",
-                hint="fix the TOML syntax (https://toml.io); strings need quotes, tables [brackets]",
-            ) from None
-        where = f"{path}:{m.group(1)}" if m else str(path)
-        what = msg[: m.start()].strip() if m else msg
-        col = f" (column {m.group(2)})" if m else ""
-        raise ConfigError(
-            f"{where}: TOML syntax error: {what}{col}",
-            hint="fix the TOML syntax (https://toml.io); strings need quotes, tables [brackets]",
-        ) from None
-
-
 def _validate_table(raw: Mapping[str, Any], where: str) -> _ConfigTable:
     known = list(_ConfigTable.model_fields)
     for key in raw:
@@ -297,151 +232,10 @@ def _validate_table(raw: Mapping[str, Any], where: str) -> _ConfigTable:
         sub = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in err["loc"][1:])
         value = raw.get(key)
         raise ConfigError(
-            f"{where}: bad value for {key!r}{sub}: got {_type_name(value)} {value!r}; "
+            f"{where}: bad value for {key!r}{sub}: got {type_name(value)} {value!r}; "
             f"expected {ALLOWED.get(key, err['msg'])}",
             hint=f"set {key} to {ALLOWED.get(key, 'a valid value')}",
         ) from None
-
-
-# ---------------------------------------------------------------------------- requirements
-
-_INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--trusted-host",
-                  "--no-index")
-
-
-def _normalize_requirement(text: str, where: str) -> str:
-    try:
-        return str(Requirement(text))
-    except InvalidRequirement as exc:
-        # packaging's message has a caret diagram on later lines: keep the first line up front.
-        first, _, rest = str(exc).partition("\n")
-        raise ConfigError(
-            f"{where}: not a valid requirement {text!r}: {first}",
-            details=rest.strip("\n") or None,
-            hint="write requirements as on PyPI, e.g. 'numpy>=1.26' or 'pkg @ https://...whl'; "
-            "local paths and editables (-e) are not supported",
-        ) from None
-
-
-def _read_requirements_file(path: Path, seen: frozenset[Path] = frozenset()) -> list[str]:
-    if path in seen:
-        return []
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"requirements file {path} not found", hint="create it or fix the path") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read requirements file {path}: {exc.strerror}",
-            hint="check that it is a readable file",
-        ) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}:{line}: requirements file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
-            hint="save the requirements file as UTF-8 text",
-        ) from None
-
-    out: list[str] = []
-    pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not pending:
-            start = number
-        line = raw.rstrip()
-        if line.endswith("\\"):  # pip's line continuation
-            pending += line[:-1] + " "
-            continue
-        line = re.sub(r"(^|\s)#.*$", "", pending + line).strip()
-        pending = ""
-        if not line:
-            continue
-        where = f"{path}:{start}"
-        if line.startswith("-"):
-            opt, _, arg = line.partition(" ")
-            opt, eq, arg2 = opt.partition("=")
-            arg = (arg2 if eq else arg).strip()
-            if opt in ("-r", "--requirement"):
-                out += _read_requirements_file((path.parent / arg).resolve(), seen | {path})
-                continue
-            if opt in _INDEX_OPTIONS:
-                raise ConfigError(
-                    f"{where}: index option {opt!r} is not allowed in the requirements file",
-                    hint="set UV_INDEX_URL / UV_EXTRA_INDEX_URL in the environment instead, so that "
-                    "no host name is written into the lock or the image",
-                )
-            raise ConfigError(
-                f"{where}: option {opt!r} is not supported in requirements",
-                hint="list plain requirements (name, version specifiers, markers, or name @ URL)",
-            )
-        out.append(_normalize_requirement(line, where))
-    return out
-
-
-def _requirements_source(
-    directory: Path, configured: str | None, where: str, pyproject: dict[str, Any] | None
-) -> RequirementsSource:
-    if configured is not None:
-        problem = requirements_path_problem(configured)
-        if problem is not None:
-            raise ConfigError(
-                f"{where}: key 'requirements': bad value {show(configured)}: {problem}",
-                hint=f"requirements must be {ALLOWED['requirements']}, e.g. 'requirements/prod.txt'",
-            )
-        path = (directory / configured).resolve()
-        try:
-            found = path.is_file()
-        except OSError as exc:  # e.g. a name longer than the file system allows
-            raise ConfigError(
-                f"{where}: key 'requirements': cannot use {show(configured)}: {exc.strerror}",
-                hint="fix the path (it is relative to the model directory) or remove the key",
-            ) from None
-        if not found:
-            raise ConfigError(
-                f"{where}: requirements file {configured!r} not found in {directory}",
-                hint="fix the path (it is relative to the model directory) or remove the key",
-            )
-        if path.name == PYPROJECT:
-            return _pyproject_requirements(path, _read_toml(path))
-        return RequirementsSource(
-            kind="requirements.txt", path=path, requirements=_unique(_read_requirements_file(path))
-        )
-    txt = directory / "requirements.txt"
-    if txt.exists():
-        return RequirementsSource(
-            kind="requirements.txt", path=txt, requirements=_unique(_read_requirements_file(txt))
-        )
-    if pyproject is not None and "dependencies" in _subtable(pyproject, "project", directory / PYPROJECT):
-        return _pyproject_requirements(directory / PYPROJECT, pyproject)
-    return RequirementsSource(kind="none")
-
-
-def _subtable(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
-    """``data[key]`` when it is a table, {} when absent; a ConfigError for any other type (a
-    pyproject.toml with ``tool = "mlbuild"`` is valid TOML but not a usable file)."""
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{path}: bad value for {key!r}: got {_type_name(value)} {value!r}; expected a table",
-            hint=f"write it as a [{key}] table (or remove the key)",
-        )
-    return value
-
-
-def _pyproject_requirements(path: Path, data: dict[str, Any]) -> RequirementsSource:
-    deps = _subtable(data, "project", path).get("dependencies", [])
-    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        raise ConfigError(
-            f"{path}: bad value for 'project.dependencies': expected a list of requirement strings",
-            hint="write dependencies = [\"numpy>=1.26\", ...] under [project]",
-        )
-    reqs = [_normalize_requirement(d, f"{path}: project.dependencies[{i}]") for i, d in enumerate(deps)]
-    return RequirementsSource(kind="pyproject", path=path, requirements=_unique(reqs))
-
-
-def _unique(lines: list[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(lines)))
 
 
 # ---------------------------------------------------------------------------- load_spec
@@ -462,24 +256,24 @@ def load_spec(directory: str | Path, *, overrides: SpecOverrides | None = None) 
     where = "defaults"
     raw: dict[str, Any] = {}
     pyproject_path = directory / PYPROJECT
-    pyproject = _read_toml(pyproject_path) if pyproject_path.is_file() else None
+    pyproject = read_toml(pyproject_path) if pyproject_path.is_file() else None
     if (directory / CONFIG_FILE).is_file():
         config_file = directory / CONFIG_FILE
-        raw = _read_toml(config_file)
+        raw = read_toml(config_file)
         where = str(config_file)
-    elif pyproject is not None and "mlbuild" in _subtable(pyproject, "tool", pyproject_path):
+    elif pyproject is not None and "mlbuild" in subtable(pyproject, "tool", pyproject_path):
         config_file = pyproject_path
         raw = pyproject["tool"]["mlbuild"]
         where = f"{pyproject_path} [tool.mlbuild]"
         if not isinstance(raw, dict):
             raise ConfigError(
-                f"{pyproject_path}: bad value for 'tool.mlbuild': got {_type_name(raw)} {raw!r}; "
+                f"{pyproject_path}: bad value for 'tool.mlbuild': got {type_name(raw)} {raw!r}; "
                 "expected a table",
                 hint="write the settings under a [tool.mlbuild] table",
             )
     table = _validate_table(raw, where)
 
-    requirements = _requirements_source(directory, table.requirements, where, pyproject)
+    requirements = requirements_source(directory, table.requirements, where, pyproject)
     if table.entrypoint is not None and not re.fullmatch(r"[A-Za-z0-9_.:]+", table.entrypoint):
         # The entrypoint becomes an ENV value and a worker argument; only its grammar's characters
         # (the format itself is checked, with a better message, by find_entrypoint).

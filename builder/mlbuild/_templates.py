@@ -8,10 +8,8 @@ spec and lock; templates never see raw config.
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from . import __version__
-from ._errors import BuildError, ConfigError, MlbuildError
-from ._values import base_image_problem, credential_problem, show, text_problem  # the spec's rules
+from ._errors import ConfigError, MlbuildError
+from ._imagefacts import HEALTHCHECK_TIMING, IMAGE_PATHS, USER_NAME, image_facts, passwd_line
+from ._resources import model_template_path, templates_dir
+from ._values import base_image_problem, show, text_problem  # the spec's rules
+from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._lock import Lock
@@ -29,32 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ContextLayout",
-    "IMAGE_PATHS",
-    "MODEL_TEMPLATE_NAME",
-    "created_timestamp",
-    "dockerfile_for",
-    "model_template_path",
+    "image_variables",
     "render_dockerfile",
     "render_dockerignore",
-    "source_date_epoch",
     "templates_dir",
 ]
-
-# The model directory may hold this file: a template that extends ours.
-MODEL_TEMPLATE_NAME = "Dockerfile.j2"
-
-# Where things live inside the image (docs/internals.md, "Image layout").
-IMAGE_PATHS = {
-    "server_env_path": "/opt/mlbuild/server-env",
-    "model_env_path": "/opt/mlbuild/model-env",
-    "runtime_path": "/opt/mlbuild/runtime",
-    "model_dir_path": "/opt/mlbuild/model",
-}
-UID = 10001
-# Used when SOURCE_DATE_EPOCH is not set, so that two builds of the same inputs agree: every
-# file mtime and the `created` time. 2000-01-01T00:00:00Z rather than 0: zip (Python's zipfile
-# included) refuses timestamps before 1980, and a model may zip files it finds in the image.
-FIXED_EPOCH = 946684800
 
 
 @dataclass(frozen=True)
@@ -82,44 +61,6 @@ class ContextLayout:
             raise ValueError("stage 'app' needs env_image")
 
 
-def templates_dir() -> Path:
-    """mlbuild's templates: packaged as mlbuild/templates in the wheel, templates/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent.parent / "templates"):
-        if (candidate / "Dockerfile.j2").is_file():
-            return candidate
-    raise BuildError(  # pragma: no cover - a broken installation
-        f"mlbuild's Dockerfile template is missing (looked in {here / 'templates'})",
-        hint="reinstall mlbuild",
-    )
-
-
-def source_date_epoch() -> int:
-    """SOURCE_DATE_EPOCH when set (reproducible-builds.org), else a fixed epoch."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not raw:
-        return FIXED_EPOCH
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(
-            f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
-            hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct), or unset it",
-        ) from None
-    if value < 0:
-        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is negative", hint="unset it or use a positive value")
-    return value
-
-
-def created_timestamp() -> str:
-    return _dt.datetime.fromtimestamp(source_date_epoch(), tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def model_template_path(spec: ModelSpec) -> Path | None:
-    path = Path(spec.directory) / MODEL_TEMPLATE_NAME
-    return path if path.is_file() else None
-
-
 def _dockerfile_quote(value: object) -> str:
     """A double-quoted Dockerfile word: ENV/LABEL values may hold spaces, quotes and `$`.
 
@@ -136,31 +77,6 @@ def _dockerfile_quote(value: object) -> str:
             hint="use one line of text without control characters",
         )
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def _check_baked(kind: str, items: Mapping[str, str]) -> None:
-    """Refuse, naming the key, an ENV/LABEL value the dq filter could not quote or that holds a URL
-    with credentials. The spec checked the user's own; this catches those mlbuild adds from its environment (a source URL from
-    MLBUILD_SOURCE_URL or the CI's variables, a revision) before any template runs, and holds for
-    the oci backend too, which bakes the same values without a Dockerfile."""
-    for key, value in items.items():
-        problem = text_problem(value)
-        if problem is not None:
-            raise ConfigError(
-                f"{kind} {key!r}: value {show(value)} {problem}",
-                hint="check the environment it came from (MLBUILD_SOURCE_URL, GITHUB_SERVER_URL, "
-                "GITHUB_REPOSITORY, GITHUB_SHA) or the model's mlbuild.toml",
-            )
-        # Labels are public and ENV ships with every copy: no URL with credentials, whoever set it
-        # (build_image strips them from the source URL; a caller handing one in is refused).
-        problem = credential_problem(value)
-        if problem is not None:
-            raise ConfigError(
-                f"{kind} {key!r}: the value {problem}; refusing to bake it into the image",
-                hint="remove the credentials from the URL where it came from (BuildOptions/ContextLayout "
-                "source, the model's mlbuild.toml); a secret belongs in the runtime environment "
-                "(docker run -e, a secret store), never in the image",
-            )
 
 
 def _where(path: Path, exc: BaseException) -> str:
@@ -200,57 +116,19 @@ def _environment() -> jinja2.Environment:
 
 
 def image_variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[str, Any]:
-    """Everything the image carries besides files (ENV, labels, user, ports, healthcheck, CMD),
-    computed once here so the docker template and the oci backend bake identical configs."""
-    base_image = layout.base_image or spec.resolved_base_image
-    port = int(spec.port)
-    mlbuild_env = {
-        "HOME": "/tmp",  # the user owns no home; libraries that cache (joblib, HF) get a writable one
-        "MLBUILD_MODEL_DIR": IMAGE_PATHS["model_dir_path"],
-        "MLBUILD_PYTHON": IMAGE_PATHS["model_env_path"] + "/bin/python",
-        "MLBUILD_ENTRYPOINT": spec.entrypoint,
-        "MLBUILD_MODEL_NAME": spec.name,
-        "MLBUILD_MODEL_VERSION": spec.version,
-        "MLBUILD_LOCK_DIGEST": lock.digest,
-        "MLBUILD_LOG_FORMAT": "json",
-        "MLBUILD_PORT": str(port),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    # The user's env wins over ours (they may set MLBUILD_WORKERS, a log format...).
-    merged_env = {**mlbuild_env, **dict(spec.env)}
-    labels = {
-        "org.opencontainers.image.title": spec.name,
-        "org.opencontainers.image.version": spec.version,
-        "org.opencontainers.image.created": created_timestamp(),
-        "org.opencontainers.image.base.name": base_image,
-        "io.mlbuild.version": __version__,
-        "io.mlbuild.lock-digest": lock.digest,
-        "io.mlbuild.python": spec.python,
-    }
-    if layout.source:
-        labels["org.opencontainers.image.source"] = layout.source
-    if layout.revision:
-        labels["org.opencontainers.image.revision"] = layout.revision
-    if layout.base_digest:
-        labels["org.opencontainers.image.base.digest"] = layout.base_digest
-    labels.update(dict(spec.labels))
-    _check_baked("environment variable", merged_env)
-    _check_baked("label", labels)
-    python = IMAGE_PATHS["server_env_path"] + "/bin/python"
-    healthcheck = [
-        python,
-        "-c",
-        "import os, urllib.request; "
-        "port = os.environ.get('AIP_HTTP_PORT') or os.environ.get('MLBUILD_PORT') or '8080'; "
-        "urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % port, timeout=4)",
-    ]
+    """The template's variables: the image facts (_imagefacts, which the oci backend bakes too)
+    plus what only a Dockerfile needs (stage, env image, system packages, artefacts or not)."""
+    facts = image_facts(
+        spec, lock, base_image=layout.base_image, source=layout.source, revision=layout.revision,
+        base_digest=layout.base_digest,
+    )
+    interval, timeout, start_period, retries = HEALTHCHECK_TIMING
     return {
         **IMAGE_PATHS,
         **dict(layout.extra),
         "stage": layout.stage,
         "env_image": layout.env_image or "",
-        "base_image": base_image,
+        "base_image": facts.base_image,
         "python": spec.python,
         "name": spec.name,
         "version": spec.version,
@@ -258,12 +136,18 @@ def image_variables(spec: ModelSpec, lock: Lock, layout: ContextLayout) -> dict[
         "lock_digest": lock.digest,
         "system_packages": list(spec.system_packages),
         "has_artifacts": layout.has_artifacts,
-        "uid": UID,
-        "port": port,
-        "env": sorted(merged_env.items()),
-        "labels": sorted(labels.items()),
-        "healthcheck": healthcheck,
-        "cmd": [python, "-m", "mlbuild_runtime"],
+        "user_name": USER_NAME,
+        "uid": facts.uid,
+        "passwd_line": passwd_line(),
+        "port": facts.port,
+        "env": list(facts.env),
+        "labels": list(facts.labels),
+        "healthcheck": list(facts.healthcheck),
+        "healthcheck_interval": interval,
+        "healthcheck_timeout": timeout,
+        "healthcheck_start_period": start_period,
+        "healthcheck_retries": retries,
+        "cmd": list(facts.cmd),
     }
 
 
@@ -348,25 +232,3 @@ def render_dockerfile(spec: ModelSpec, lock: Lock, context_layout: ContextLayout
 
 def render_dockerignore() -> str:
     return _environment().get_template("dockerignore.j2").render()
-
-
-def dockerfile_for(path: str | os.PathLike[str], *, base_image: str | None = None, python: str | None = None) -> str:
-    """What `mlbuild dockerfile ./model` prints: the single-stage Dockerfile for the model as it
-    stands (its lock must exist or be creatable)."""
-    from ._files import select_model_files
-    from ._lock import ensure_lock
-    from ._spec import SpecOverrides, load_spec
-
-    overrides = None
-    if base_image is not None or python is not None:
-        overrides = SpecOverrides(python=python, base_image=base_image)
-    from ._backends.docker import engine_base_image  # the backend imports this module
-
-    spec = load_spec(Path(path), overrides=overrides)
-    # A Dockerfile's FROM names an image: docker:REF is REF, a local layout or archive is refused
-    # as the docker backend refuses it (before the lock, which may cost a resolution).
-    base = engine_base_image(spec.resolved_base_image)
-    lock = ensure_lock(spec)
-    files = select_model_files(spec)
-    has_artifacts = any(p.as_posix() != MODEL_TEMPLATE_NAME for p in files.artifacts)
-    return render_dockerfile(spec, lock, ContextLayout(has_artifacts=has_artifacts, base_image=base))

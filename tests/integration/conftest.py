@@ -1,13 +1,14 @@
 """Shared Docker fixtures for integration tests.
 
-- ``docker_client``  session: a client whose engine answered a ping. No engine: skip locally,
-                     FAIL when CI is set (CI runs an engine; its absence is a broken CI).
-- ``base_image``     session: the local base image ``mlbuild-test/python:3.11-bookworm``, built
-                     by scripts/build-base-image.sh when missing (no registry is needed).
+- ``docker_client``  session: a client of the engine that tests/conftest.py's gate found
+                     (``require("docker")``: no engine skips locally and FAILS under CI).
+- ``base_image``     session: the local base image ``mlbuild-test/python:3.11-bookworm``, which
+                     the same gate requires (scripts/build-base-image.sh builds it; .ci/run does).
 - ``image_tags``     function: tags a test builds; removed afterwards.
 - ``run_in_image``   run a one-off command in an image and return its stdout.
 - ``plain_registry`` session: a real registry (Debian's docker-registry) on 127.0.0.1, as
                      "127.0.0.1:PORT"; the engine pushes to loopback registries over plain HTTP
+                     (``require("registry")``: the gate of tests/conftest.py)
 - ``serve_image``    start an image with testcontainers, wait for /health/ready, yield its URL
 - ``copy_model``     copy a model directory to tmp (builds write mlbuild.lock into the model dir,
                      which must not touch the repository's fixtures).
@@ -32,38 +33,21 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "mlbuild-test/python:3.11-bookworm"
-BASE_SCRIPT = REPO_ROOT / "scripts" / "build-base-image.sh"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
-def docker_client():
-    from mlbuild._backends.docker import engine_client
-    from mlbuild._errors import EngineUnavailableError
+def docker_client(require):
+    import docker
 
-    try:
-        return engine_client()
-    except EngineUnavailableError as exc:
-        if in_ci():
-            pytest.fail(f"{exc} (CI=1: the Docker engine is required)", pytrace=False)
-        pytest.skip(str(exc))
+    require("docker")  # engine reachable (and the base image present), or skip/fail
+    client = docker.from_env(timeout=600)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")
-def base_image(docker_client) -> str:
-    import docker.errors
-
-    try:
-        docker_client.images.get(BASE_IMAGE)
-        return BASE_IMAGE
-    except docker.errors.ImageNotFound:
-        pass
-    proc = subprocess.run(["sh", str(BASE_SCRIPT), BASE_IMAGE], capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        pytest.fail(f"could not build {BASE_IMAGE} with {BASE_SCRIPT}:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+def base_image(docker_client, require) -> str:
+    require("docker")  # the gate checks the image with the engine
     return BASE_IMAGE
 
 
@@ -168,13 +152,10 @@ def serve_image(docker_client):
 
 
 @pytest.fixture(scope="session")
-def plain_registry(tmp_path_factory) -> Iterator[str]:
+def plain_registry(tmp_path_factory, require) -> Iterator[str]:
     import socket
 
-    if shutil.which("docker-registry") is None:
-        if in_ci():
-            pytest.fail("docker-registry is not installed; CI must install it", pytrace=False)
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    require("registry")
     directory = tmp_path_factory.mktemp("registry")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,7 +41,7 @@ CASES = {
 
 @pytest.mark.parametrize("example", sorted(CASES))
 def test_example_builds_serves_and_answers(example, base_image, copy_model, serve_image, image_tags):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(EXAMPLES / example)
     tag = f"mlbuild-test/example-{example.split('/')[0]}:it"

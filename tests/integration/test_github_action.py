@@ -55,6 +55,7 @@ def test_action_builds_and_reports_the_image_id(tmp_path):
     assert out["tag"] == "mlbuild-action-test/echo:1"
 
 
+@pytest.mark.registry
 def test_action_pushes_and_reports_the_registry_digest(tmp_path, plain_registry):
     registry = plain_registry
     import httpx

@@ -18,6 +18,7 @@ EXPECTED = {
     "MlbuildError",
     "ConfigError",
     "EntrypointError",
+    "SaveError",
     "LockError",
     "ResolutionError",
     "StaleLockError",
@@ -47,6 +48,12 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "not_a_thing" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_save_error_is_a_config_error_with_its_exit_code():
+    # mlbuild.save() is handed a bad object or target: the input is wrong, not the machine.
+    assert issubclass(mlbuild.SaveError, mlbuild.ConfigError)
+    assert mlbuild.SaveError("x").exit_code == mlbuild.ConfigError.exit_code == 2
 
 
 def test_errors_share_one_root_and_have_distinct_exit_codes_per_branch():

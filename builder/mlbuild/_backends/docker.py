@@ -5,49 +5,43 @@ Every build streams a context tar mlbuild assembled itself (see _context.py) and
 needs a network. The one exception is ``system_packages`` (apt-get needs Debian's mirror): the
 build that holds that step - the env image, below - gets the default network, and says so.
 
-Env image (ko-style cache): the lower half of the image (base, system packages, venvs, server
-env, model env) depends only on the base image, the two locks, the platform and the template's
-lower blocks. It is built once into ``mlbuild-cache/env:<digest of those>`` and the model's
-image is built FROM it with a small context (runtime, artefacts, code). A code-only rebuild
-then sends kilobytes, not the few hundred MB of the envs, and the final image still has the
-layers in the designed order. ``BuildOptions(env_cache=False)`` builds everything in one go.
+The env image the model's image is built FROM, and the model's image itself when nothing
+changed, are cached in the engine by docker_cache.py; ``DockerBackend(env_cache=False)`` uses
+neither and builds everything from one context.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from .._context import BuildContext, ContextEntry, context_for_app, context_for_env, env_layer_tar, full_context
+from .._context import BuildContext, context_for_app, context_for_env, full_context
 from .._errors import BuildError, ConfigError, EngineUnavailableError
+from .._resources import MODEL_TEMPLATE_NAME, model_template_path
+from .._result import ImageResult
+from .._runner import Runner
 from .._templates import (
-    IMAGE_PATHS,
-    MODEL_TEMPLATE_NAME,
     ContextLayout,
-    model_template_path,
     render_dockerfile,
     render_dockerignore,
 )
 from .._values import base_image_problem, is_local_base, show
-from . import BuildOptions, ImageResult
+from .docker_cache import ENV_CACHE_REPOSITORY, cached_app_image, context_key, ensure_env_image, remember_app_image
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
 
-    from .._lock import Lock
+    from .._plan import BuildPlan, Progress
     from .._spec import ModelSpec
 
 __all__ = [
-    "DockerBackend", "ENV_CACHE_REPOSITORY", "engine_answers", "engine_client", "engine_address", "engine_base_image",
+    "DockerBackend", "ENV_CACHE_REPOSITORY", "engine_answers", "engine_client", "engine_address", "engine_base_image", "dockerfile_for",
 ]
 
-ENV_CACHE_REPOSITORY = "mlbuild-cache/env"
 _STEP_RE = re.compile(r"^Step \d+/\d+ : ")
 _LOG_TAIL = 40
 
@@ -111,9 +105,15 @@ def engine_base_image(base_image: str) -> str:
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, client_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, client_factory: Callable[[], Any] | None = None, *, env_cache: bool = True, runner: Runner | None = None,
+    ) -> None:
+        # env_cache: build the envs once into mlbuild-cache/env:<digest> and build FROM it;
+        # False builds every layer from one context. (runner: the registry's common signature;
+        # the engine is reached through its API, not a program.)
         self._client_factory = client_factory
         self._client: Any = None
+        self.env_cache = env_cache
 
     @property
     def client(self) -> Any:
@@ -122,18 +122,16 @@ class DockerBackend:
         return self._client
 
     # ------------------------------------------------------------------ the interface
-    def build(self, spec: ModelSpec, lock: Lock, options: BuildOptions) -> ImageResult:
-        from .._files import select_model_files
-
+    def build(self, plan: BuildPlan) -> ImageResult:
+        spec, lock, files = plan.spec, plan.lock, plan.files
         started = time.monotonic()
-        base_image = engine_base_image(options.base_image or spec.resolved_base_image)  # before any engine call
-        files = select_model_files(spec)
-        base_id = self._ensure_base(base_image, options)
+        base_image = engine_base_image(plan.base_image)  # before any engine call
+        base_id = self._ensure_base(base_image, plan)
         base_digest = self._base_digest(base_image)
         layout = dict(
             has_artifacts=any(p.as_posix() != MODEL_TEMPLATE_NAME for p in files.artifacts),
-            source=options.source,
-            revision=options.revision,
+            source=plan.source,
+            revision=plan.revision,
             base_image=base_image,
             base_digest=base_digest,
         )
@@ -143,8 +141,8 @@ class DockerBackend:
             return context_for_env(
                 dockerfile=dockerfile,
                 dockerignore=dockerignore,
-                server_env=options.envs.server_env,
-                model_env=options.envs.model_env,
+                server_env=plan.envs[0].server_env,
+                model_env=plan.envs[0].model_env,
                 python=spec.python,
             )
 
@@ -154,43 +152,51 @@ class DockerBackend:
             )
 
         env_image = None
-        if options.env_cache:
+        if self.env_cache:
             env_dockerfile = render_dockerfile(spec, lock, ContextLayout(stage="env", **layout))
             env_base = None
             if model_template_path(spec) is None:
                 env_base = render_dockerfile(spec, lock, ContextLayout(stage="env-base", **layout))
-            env_image = self._ensure_env_image(
-                env_dockerfile, env_context, spec=spec, lock=lock, base_id=base_id, options=options,
-                env_base_dockerfile=env_base,
+            env_image = ensure_env_image(
+                self, env_dockerfile, env_context, base_id=base_id, plan=plan, env_base_dockerfile=env_base,
             )
             dockerfile = render_dockerfile(spec, lock, ContextLayout(stage="app", env_image=env_image, **layout))
             context = app_context(dockerfile)
             network = "none"
+            app_key = context_key(context)
+            cached = cached_app_image(self, app_key, plan)
+            if cached is not None:  # nothing changed: the engine is not asked to build
+                return self._result(plan, cached, started, base_image, base_digest, env_image, dockerfile)
         else:
             dockerfile = render_dockerfile(spec, lock, ContextLayout(stage="full", **layout))
             env_part = env_context(dockerfile)
             context = full_context(env_part, app_context(dockerfile), dockerfile)
-            network = self._network_for(spec, options)
-        options.say(f"building {options.tag} (context {context.size_bytes() / 1e6:.1f} MB, network: {network})")
-        image_id = self.build_context(context, tag=options.tag, network_mode=network, options=options)
-        size = int(self.client.images.get(image_id).attrs.get("Size", 0))
+            network = self.network_for(spec, plan)
+        plan.say(f"building {plan.tag} (context {context.size_bytes() / 1e6:.1f} MB, network: {network})")
+        image_id = self.build_context(context, tag=plan.tag, network_mode=network, platform=plan.platforms[0], say=plan.say)
+        if self.env_cache:
+            remember_app_image(self, image_id, app_key)
+        return self._result(plan, image_id, started, base_image, base_digest, env_image, dockerfile)
+
+    def _result(self, plan: BuildPlan, image_id: str, started: float, base_image: str, base_digest: str | None,
+                env_image: str | None, dockerfile: str) -> ImageResult:
         return ImageResult(
-            tag=options.tag,
+            tag=plan.tag,
             image_id=image_id,
-            size_bytes=size,
+            size_bytes=int(self.client.images.get(image_id).attrs.get("Size", 0)),
             seconds=time.monotonic() - started,
-            lock_digest=lock.digest,
+            lock_digest=plan.lock.digest,
             base_image=base_image,
-            excluded=tuple(f"{path.as_posix()} ({why})" for path, why in files.excluded),
+            excluded=tuple(f"{path.as_posix()} ({why})" for path, why in plan.files.excluded),
             env_image=env_image,
             base_digest=base_digest,
             dockerfile=dockerfile,
         )
 
     # ------------------------------------------------------------------ pieces
-    def _network_for(self, spec: ModelSpec, options: BuildOptions) -> str:
+    def network_for(self, spec: ModelSpec, plan: BuildPlan) -> str:
         if spec.system_packages:
-            options.say(
+            plan.say(
                 "system_packages: this build runs with the network on, for apt-get only "
                 f"({', '.join(spec.system_packages)})"
             )
@@ -212,7 +218,7 @@ class DockerBackend:
                 return digest
         return None
 
-    def _ensure_base(self, base_image: str, options: BuildOptions) -> str:
+    def _ensure_base(self, base_image: str, plan: BuildPlan) -> str:
         """The base image's id; pulled when the engine does not have it (the build itself cannot)."""
         import docker.errors
 
@@ -222,9 +228,9 @@ class DockerBackend:
             pass
         except docker.errors.APIError as exc:
             raise BuildError(f"could not inspect base image {base_image}: {exc.explanation or exc}") from None
-        options.say(f"pulling base image {base_image}")
+        plan.say(f"pulling base image {base_image}")
         try:
-            return self.client.images.pull(base_image, platform=options.platform).id
+            return self.client.images.pull(base_image, platform=plan.platforms[0]).id
         except docker.errors.APIError as exc:
             raise BuildError(
                 f"base image {base_image} is not in the engine and could not be pulled",
@@ -232,83 +238,9 @@ class DockerBackend:
                 details=f"docker said: {exc.explanation or exc}",
             ) from None
 
-    def env_image_key(self, env_dockerfile: str, *, spec: ModelSpec, lock: Lock, base_id: str, options: BuildOptions) -> str:
-        # Comments in the rendered file name the model; they do not change a layer, so two
-        # models with the same locks and base share one env image.
-        steps = "\n".join(line for line in env_dockerfile.splitlines() if line and not line.startswith("#"))
-        material = {
-            "mlbuild": __version__,
-            "base_id": base_id,
-            "server_lock": options.envs.server_lock_digest,
-            "model_lock": lock.digest,
-            "platform": options.platform,
-            "python": spec.python,
-            "dockerfile": steps,
-        }
-        blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:40]
-
-    def _ensure_env_image(
-        self,
-        env_dockerfile: str,
-        env_context: Callable[[str], BuildContext],
-        *,
-        spec: ModelSpec,
-        lock: Lock,
-        base_id: str,
-        options: BuildOptions,
-        env_base_dockerfile: str | None = None,
+    def build_context(
+        self, context: BuildContext, *, tag: str | None, network_mode: str, platform: str, say: Progress,
     ) -> str:
-        import docker.errors
-
-        tag = f"{ENV_CACHE_REPOSITORY}:{self.env_image_key(env_dockerfile, spec=spec, lock=lock, base_id=base_id, options=options)}"
-        try:
-            self.client.images.get(tag)
-            options.say(f"env image {tag} (cached)")
-            return tag
-        except docker.errors.ImageNotFound:
-            pass
-        network = self._network_for(spec, options)
-        if env_base_dockerfile is None:  # a model template may change the env steps: build them as written
-            context = env_context(env_dockerfile)
-            options.say(f"building env image {tag} (context {context.size_bytes() / 1e6:.1f} MB, network: {network})")
-            self.build_context(context, tag=tag, network_mode=network, options=options)
-            return tag
-        # Our own template: build FROM, system packages and venvs from the Dockerfile, then add
-        # the two env layers by extracting each env straight into a container and committing
-        # it. Same files as `COPY <kind>-env/`, written once instead of uploaded as a context,
-        # copied and committed (about 2 s less for a 230 MB env).
-        options.say(f"building env image {tag} (network: {network})")
-        image_id = self.build_context(
-            BuildContext((ContextEntry("Dockerfile", data=env_base_dockerfile.encode()),)),
-            tag=None, network_mode=network, options=options,
-        )
-        for kind, env_dir in (("server", options.envs.server_env), ("model", options.envs.model_env)):
-            image_id = self._commit_layer(image_id, env_layer_tar(kind=kind, env_dir=env_dir, python=spec.python),
-                                          f"COPY {kind}-env/ {IMAGE_PATHS[f'{kind}_env_path']}/", options)
-        repository, _, key = tag.rpartition(":")
-        self.client.images.get(image_id).tag(repository, key)
-        return tag
-
-    def _commit_layer(self, image_id: str, files: BuildContext, what: str, options: BuildOptions) -> str:
-        """A new image: ``image_id`` plus one layer holding ``files`` (never started, no network)."""
-        import docker.errors
-
-        options.say(f"{what} ({files.size_bytes() / 1e6:.1f} MB)")
-        # The command is never run: `docker commit` records it as the layer's history line, so
-        # it reads like the COPY step it stands for (the app image sets the real CMD).
-        command = ["/bin/sh", "-c", f"#(nop) {what} (mlbuild {__version__})"]
-        container = self.client.containers.create(image_id, command=command, network_disabled=True)
-        try:
-            if not self.client.api.put_archive(container.id, "/", files.iter_tar()):
-                raise BuildError(f"the Docker engine refused the files of {what}")
-            return container.commit(message=f"mlbuild {__version__}: {what}").id
-        except docker.errors.APIError as exc:
-            raise BuildError(f"the Docker engine failed to add {what}: {exc.explanation or exc}") from None
-        finally:
-            container.remove(force=True)
-
-    def build_context(self, context: BuildContext, *, tag: str | None, network_mode: str, options: BuildOptions) -> str:
         """The one build primitive: stream ``context`` to the engine, return the image id
         (``tag`` None: an untagged intermediate image)."""
         import docker.errors
@@ -327,7 +259,7 @@ class DockerBackend:
                 rm=True,
                 forcerm=True,
                 pull=False,
-                platform=options.platform,
+                platform=platform,
                 decode=True,
             )
             for chunk in stream:
@@ -337,7 +269,7 @@ class DockerBackend:
                     log.append(line)
                     if _STEP_RE.match(line):
                         step = line
-                        options.say(line)
+                        say(line)
                 aux = chunk.get("aux")
                 if isinstance(aux, dict) and "ID" in aux:
                     image_id = aux["ID"]
@@ -397,3 +329,23 @@ def _hint_for(message: str, network_mode: str) -> str:
     if "has python" in lowered and "model wants" in lowered:
         return "choose a base image with the model's Python, or set python in mlbuild.toml"
     return "read the log above; a RUN step from a model Dockerfile.j2 is the usual cause"
+
+
+def dockerfile_for(path: str | os.PathLike[str], *, base_image: str | None = None, python: str | None = None) -> str:
+    """What `mlbuild dockerfile ./model` prints: the single-stage Dockerfile for the model as it
+    stands (its lock must exist or be creatable)."""
+    from .._files import select_model_files
+    from .._lock import ensure_lock
+    from .._spec import SpecOverrides, load_spec
+
+    overrides = None
+    if base_image is not None or python is not None:
+        overrides = SpecOverrides(python=python, base_image=base_image)
+    spec = load_spec(Path(path), overrides=overrides)
+    # A Dockerfile's FROM names an image: docker:REF is REF, a local layout or archive is refused
+    # as the docker backend refuses it (before the lock, which may cost a resolution).
+    base = engine_base_image(spec.resolved_base_image)
+    lock = ensure_lock(spec)
+    files = select_model_files(spec)
+    has_artifacts = any(p.as_posix() != MODEL_TEMPLATE_NAME for p in files.artifacts)
+    return render_dockerfile(spec, lock, ContextLayout(has_artifacts=has_artifacts, base_image=base))

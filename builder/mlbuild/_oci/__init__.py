@@ -1,22 +1,24 @@
-"""The daemonless OCI backend: image layers, config and manifests assembled in Python.
+"""A small OCI library inside mlbuild, with no build policy in it: the image format, a registry
+client and base-image reading. What goes into an image (which layers, which user, how envs are
+split) is the oci backend's (``_backends/oci*.py``); nothing here starts a container or asks a
+Docker engine to build.
 
-Nothing here starts a container or talks to a Docker engine to *build*: layers are normalized
-tars written from host files, the config/manifest are canonical JSON, and the result is an OCI
-layout directory, a tar that both ``docker load`` and ``skopeo copy oci-archive:`` accept, or a
-registry push. Same inputs give the same manifest digest.
+Format:
+- ``mediatypes``  OCI vs Docker media-type families
+- ``image``       config / manifest / index documents as canonical JSON
+- ``tarlayer``    normalized, streamed, gzip-compressed layer blobs (+ diff_id); the skip rule
+- ``layout``      an OCI layout directory / OCI+docker-archive tar, written atomically
+- ``cache``       content-addressed blob store + layer cache on the host
 
-Modules, one concept each:
+Registry client:
+- ``reference``   image reference grammar, default registry
+- ``auth``        credentials (Docker config, helpers) and auth challenges
+- ``registry_transport``, ``registry``   HTTP + auth + errors; manifests and blobs
+- ``publish``     registry push of a written layout (exact bytes), ``docker load``
 
-- ``tarlayer``   normalized, streamed, gzip-compressed layer blobs (+ diff_id)
-- ``mediatypes`` OCI vs Docker media-type families
-- ``image``      config / manifest / index documents as canonical JSON
-- ``base``       base images: OCI layout dir, docker-archive tar, registry (``BaseImage``)
-- ``rootfs``     facts read from the base layers (python3 location, /etc/passwd, /etc/group)
-- ``venv``       pyvenv.cfg + bin/python symlinks, written without running Python in a container
-- ``users``      the non-root user layer
-- ``cache``      content-addressed blob store + layer cache on the host
-- ``layout``     writing an OCI layout directory / OCI+docker-archive tar, atomically
-- ``publish``    registry push of a written layout (exact bytes), ``docker load``
-- ``backend``    ``OciBackend.build(spec, lock, options)``, ``build_oci_image(path, ...)``
-- ``registry``, ``auth``, ``reference``  the registry client (separate owner)
+Bases:
+- ``base``        ``open_base``: OCI layout dir, docker-archive tar, local engine, registry
+- ``base_image``  ``BaseImage`` / ``BaseLayer`` and the local readers
+- ``layertar``    a layer's tar as a bounded stream
+- ``rootfs*``     facts read from the base layers (python3, /etc/passwd, /etc/group), hostile entries
 """

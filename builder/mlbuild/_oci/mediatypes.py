@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Family", "OCI", "DOCKER", "family_of", "is_gzip_layer", "UNCOMPRESSED_LAYER_TYPES"]
+__all__ = ["Family", "OCI", "DOCKER", "family_of", "UNCOMPRESSED_LAYER_TYPES"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,3 @@ def family_of(media_type: str | None) -> Family:
         return DOCKER
     return OCI
 
-
-def is_gzip_layer(media_type: str) -> bool:
-    return media_type.endswith("+gzip") or media_type.endswith(".tar.gzip")

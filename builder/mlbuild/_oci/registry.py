@@ -9,21 +9,15 @@ What it guarantees:
   download never leaves a half-written file (written aside, then renamed).
 - Pushes go blob by blob (HEAD to skip what exists, cross-repository mount when a source repo is
   given, else POST + monolithic PUT), and the manifest is pushed by the caller last.
-- Authentication follows the registry's ``WWW-Authenticate`` challenge: Bearer (token service,
-  anonymous or with credentials) or Basic. Credentials are looked up lazily, on the first
-  challenge, from the Docker config unless given.
-- Every failure is a FetchError (reading) or PublishError (writing) whose first line names the
-  registry, the repository/reference and what went wrong; nothing from httpx leaks out.
+- Authentication, retries and error wording: registry_transport.py (RegistryTransport, which
+  RegistryClient extends).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +25,22 @@ from typing import Literal, NamedTuple
 
 import httpx
 
-from .._errors import FetchError, MlbuildError, PublishError
+from .._errors import FetchError, PublishError
 from .._platforms import Platform, parse_platform
-from .._runner import Runner
-from .auth import (
-    Challenge,
-    Credentials,
-    CredentialSource,
-    DockerConfig,
-    basic_header,
-    parse_challenges,
-    parse_token_response,
-    repository_scope,
-    token_request,
+from .auth import repository_scope
+from .mediatypes import DOCKER, INDEX_TYPES, MANIFEST_TYPES, OCI
+from .reference import is_digest
+from .registry_transport import (
+    CHUNK,
+    MAX_MANIFEST_BYTES,
+    Op,
+    RegistryTransport,
+    compute_digest,
+    new_hasher,
+    registry_error_codes,
 )
-from .reference import api_host, is_digest
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OCI_MANIFEST",
@@ -62,24 +57,13 @@ __all__ = [
     "compute_digest",
 ]
 
-log = logging.getLogger(__name__)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+# The media types are mediatypes.py's; named here as the distribution API's callers know them.
+OCI_MANIFEST = OCI.manifest
+OCI_INDEX = OCI.index
+DOCKER_MANIFEST = DOCKER.manifest
+DOCKER_MANIFEST_LIST = DOCKER.index
 DEFAULT_ACCEPT: tuple[str, ...] = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
-
-# containerd's limit: a manifest bigger than this is not a manifest.
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-_CHUNK = 1 << 20
-# Statuses worth one more try on an idempotent request: rate limits and overloaded proxies.
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
-# Refresh a bearer token this long before the registry would expire it.
-_TOKEN_MARGIN_S = 10.0
 
 BlobPush = Literal["exists", "mounted", "uploaded"]
 
@@ -105,61 +89,6 @@ class Descriptor:
     digest: str
     size: int
     platform: str | None = None
-
-
-def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
-def _hasher(digest: str) -> hashlib._Hash:
-    return hashlib.new(digest.split(":", 1)[0])
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    return name in _LOOPBACK or name.startswith("127.")
-
-
-@dataclass(frozen=True)
-class _Op:
-    """What the client is doing: for the error class and every message's wording."""
-
-    action: Literal["pull", "push"]
-    what: str  # "manifest", "blob", "index"...
-    repository: str
-    target: str  # host/repo:tag or host/repo@digest
-
-    @property
-    def error(self) -> type[MlbuildError]:
-        return FetchError if self.action == "pull" else PublishError
-
-    @property
-    def doing(self) -> str:
-        return f"{'pulling' if self.action == 'pull' else 'pushing'} {self.what} {self.target}"
-
-
-def _registry_errors(resp: httpx.Response) -> str:
-    """``CODE: message`` pairs from a registry's JSON error body (or its text, shortened)."""
-    try:
-        body = resp.read()
-    except httpx.HTTPError:
-        return ""
-    try:
-        errors = json.loads(body).get("errors") or []
-        parts = [f"{e.get('code', '?')}: {e.get('message', '')}".rstrip(": ") for e in errors]
-        if parts:
-            return "; ".join(parts)
-    except (ValueError, AttributeError, TypeError):
-        pass
-    text = body.decode("utf-8", "replace").strip().splitlines()
-    return text[0][:200] if text else ""
-
-
-def _registry_error_codes(resp: httpx.Response) -> set[str]:
-    try:
-        return {str(e.get("code")) for e in json.loads(resp.read()).get("errors") or []}
-    except (ValueError, AttributeError, TypeError, httpx.HTTPError):
-        return set()
 
 
 def resolve_platform(index: bytes, platform: str | Platform, *, image: str = "the image index") -> Descriptor:
@@ -201,70 +130,19 @@ def resolve_platform(index: bytes, platform: str | Platform, *, image: str = "th
     )
 
 
-class RegistryClient:
-    """One registry host. Use as a context manager (or call :meth:`close`).
-
-    ``registry`` is the host[:port] as written in image references; the API is reached at
-    ``reference.api_host(registry)`` (the same host, unless it is ``$MLBUILD_DEFAULT_REGISTRY``
-    and ``$MLBUILD_DEFAULT_REGISTRY_API`` names another). ``insecure`` means plain HTTP; None
-    picks it for loopback hosts only. ``credentials`` skips the lookup; otherwise ``credential_source``
-    (default: the Docker config, helpers run through ``runner``) is asked on the first
-    challenge. ``transport`` is for tests (``httpx.MockTransport``).
-    """
-
-    def __init__(
-        self,
-        registry: str,
-        *,
-        insecure: bool | None = None,
-        credentials: Credentials | None = None,
-        timeout: float = 30,
-        credential_source: CredentialSource | None = None,
-        runner: Runner | None = None,
-        transport: httpx.BaseTransport | None = None,
-        retries: int = 2,
-        retry_backoff: float = 0.5,
-    ) -> None:
-        self.registry = registry
-        self.host = api_host(registry)
-        self.insecure = _is_loopback(self.host) if insecure is None else insecure
-        self.base_url = httpx.URL(f"{'http' if self.insecure else 'https'}://{self.host}")
-        self.timeout = float(timeout)
-        self._source: CredentialSource = credential_source or DockerConfig(runner=runner)
-        self._creds = credentials
-        self._creds_loaded = credentials is not None
-        self._retries = retries
-        self._backoff = retry_backoff
-        self._http = httpx.Client(
-            timeout=self.timeout,
-            transport=transport,
-            follow_redirects=True,  # blob GETs redirect to storage; httpx drops auth cross-origin
-            headers={"User-Agent": "mlbuild"},
-        )
-        self._lock = threading.Lock()
-        self._bearer: Challenge | None = None  # once known, tokens are fetched before asking
-        self._basic = False
-        self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._http.close()
+class RegistryClient(RegistryTransport):
+    """One registry host: manifests, indexes and blobs, pulled and pushed. The constructor's
+    arguments (host, insecure, credentials, timeout, retries) and the transport, auth and error
+    wording are RegistryTransport's. Use as a context manager (or call :meth:`close`)."""
 
     def __enter__(self) -> RegistryClient:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RegistryClient({self.registry!r}, base_url={str(self.base_url)!r})"
 
     # -- reading ---------------------------------------------------------------------------
 
     def ping(self) -> None:
         """Check that the registry answers the API (200 or an auth challenge both count)."""
-        op = _Op("pull", "API root", "", f"{self.registry}/v2/")
+        op = Op("pull", "API root", "", f"{self.registry}/v2/")
         resp = self._send(op, "GET", self._url("/v2/"), scopes=(), authenticate=False)
         if resp.status_code not in (200, 401):
             raise self._fail(resp, op)
@@ -273,7 +151,7 @@ class RegistryClient:
         self, repository: str, ref: str, accept: Sequence[str] = DEFAULT_ACCEPT
     ) -> FetchedManifest:
         """The manifest or index ``repository:ref`` (ref = tag or digest), exact bytes."""
-        op = _Op("pull", "manifest", repository, self._target(repository, ref))
+        op = Op("pull", "manifest", repository, self._target(repository, ref))
         if ":" in ref and not is_digest(ref):
             raise FetchError(f"invalid digest {ref!r} for {op.target}",
                              hint="a digest is sha256:<64 lowercase hex>")
@@ -301,7 +179,7 @@ class RegistryClient:
         self, repository: str, ref: str, accept: Sequence[str] = DEFAULT_ACCEPT
     ) -> Descriptor | None:
         """Digest, media type and size of ``repository:ref`` without its body; None if absent."""
-        op = _Op("pull", "manifest", repository, self._target(repository, ref))
+        op = Op("pull", "manifest", repository, self._target(repository, ref))
         resp = self._send(op, "HEAD", self._api(repository, "manifests", ref),
                           scopes=(repository_scope(repository, "pull"),),
                           headers={"Accept": ", ".join(accept)})
@@ -332,7 +210,7 @@ class RegistryClient:
     def iter_blob(self, repository: str, digest: str, *, size: int | None = None) -> Iterator[bytes]:
         """Stream a blob in chunks. The digest (and size, if given) is checked after the last
         chunk: consume it to the end, and discard what was read if it raises."""
-        op = _Op("pull", "blob", repository, self._target(repository, digest))
+        op = Op("pull", "blob", repository, self._target(repository, digest))
         if not is_digest(digest):
             raise FetchError(f"invalid digest {digest!r} for a blob of {self.registry}/{repository}",
                              hint="a digest is sha256:<64 lowercase hex>")
@@ -341,7 +219,7 @@ class RegistryClient:
         try:
             if resp.status_code != 200:
                 raise self._fail(resp, op)
-            hasher = _hasher(digest)
+            hasher = new_hasher(digest)
             total = 0
             for chunk in self._iter_response(resp, op):
                 total += len(chunk)
@@ -390,7 +268,7 @@ class RegistryClient:
 
     def blob_exists(self, repository: str, digest: str) -> bool:
         """HEAD the blob (asked with push scope: it is the first step of a push)."""
-        op = _Op("push", "blob", repository, self._target(repository, digest))
+        op = Op("push", "blob", repository, self._target(repository, digest))
         resp = self._send(op, "HEAD", self._api(repository, "blobs", digest),
                           scopes=(repository_scope(repository, "pull", "push"),))
         if resp.status_code == 200:
@@ -410,7 +288,7 @@ class RegistryClient:
         """Make ``digest`` exist in ``repository``: ``"exists"`` if it already did,
         ``"mounted"`` when the registry linked it from ``mount_from`` (a repository on this
         registry), else ``"uploaded"`` (POST, then one PUT with the whole blob)."""
-        op = _Op("push", "blob", repository, self._target(repository, digest))
+        op = Op("push", "blob", repository, self._target(repository, digest))
         if not is_digest(digest):
             raise PublishError(f"invalid digest {digest!r} for a blob of {self.registry}/{repository}",
                                hint="a digest is sha256:<64 lowercase hex>")
@@ -446,7 +324,7 @@ class RegistryClient:
         resp = self._send(op, "PUT", put_url, scopes=scopes, body=body,
                           headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         if resp.status_code not in (201, 204):
-            if resp.status_code == 400 and "DIGEST_INVALID" in _registry_error_codes(resp):
+            if resp.status_code == 400 and "DIGEST_INVALID" in registry_error_codes(resp):
                 raise PublishError(
                     f"registry {self.registry} rejected blob {digest} for {repository}: the uploaded "
                     "data does not hash to that digest",
@@ -461,7 +339,7 @@ class RegistryClient:
         """PUT the exact manifest/index bytes under ``ref`` (a tag or its digest); returns the
         digest, sha256 of ``data`` computed here. Push every blob it names first."""
         digest = compute_digest(data)
-        op = _Op("push", "manifest", repository, self._target(repository, ref))
+        op = Op("push", "manifest", repository, self._target(repository, ref))
         if is_digest(ref) and ref != digest:
             raise PublishError(
                 f"manifest for {op.target} hashes to {digest}, not to the digest it is pushed as",
@@ -486,201 +364,7 @@ class RegistryClient:
 
     # -- internals: URLs -------------------------------------------------------------------
 
-    def _url(self, path: str) -> httpx.URL:
-        return self.base_url.join(path)
-
-    def _api(self, repository: str, kind: str, ref: str) -> httpx.URL:
-        return self._url(f"/v2/{repository}/{kind}/{ref}")
-
-    def _target(self, repository: str, ref: str) -> str:
-        sep = "@" if ":" in ref else ":"
-        return f"{self.registry}/{repository}{sep}{ref}"
-
-    # -- internals: sending + auth ---------------------------------------------------------
-
-    def _send(
-        self,
-        op: _Op,
-        method: str,
-        url: httpx.URL,
-        *,
-        scopes: Sequence[str],
-        headers: dict[str, str] | None = None,
-        body: bytes | Callable[[], Iterable[bytes]] | None = None,
-        stream: bool = False,
-        authenticate: bool = True,
-    ) -> httpx.Response:
-        """Send with auth; answer one 401 challenge, retry idempotent requests on 429/5xx
-        gateways. Returns the last response (the caller maps statuses); transport errors are
-        raised as ``op.error``. ``body`` may be a factory so a retry re-reads a file."""
-        challenged = False
-        retries_left = self._retries if method in ("GET", "HEAD") else 0
-        same_origin = (url.scheme, url.netloc) == (self.base_url.scheme, self.base_url.netloc)
-        while True:
-            hdrs = dict(headers or {})
-            auth = self._auth_header(scopes, op) if (authenticate and same_origin) else None
-            if auth:
-                hdrs["Authorization"] = auth
-            content = body() if callable(body) else body
-            request = self._http.build_request(method, url, headers=hdrs, content=content)
-            started = time.monotonic()
-            try:
-                resp = self._http.send(request, stream=True)
-            except httpx.TimeoutException:
-                raise op.error(
-                    f"registry {self.registry} did not answer within {time.monotonic() - started:.1f} s "
-                    f"while {op.doing} ({method} {url.path}; timeout {self.timeout:g} s)",
-                    hint="check that the registry is up and reachable from here; on a slow link "
-                    "raise the timeout",
-                ) from None
-            except httpx.TransportError as exc:
-                raise self._connection_error(op, method, url, exc) from None
-            if resp.status_code == 401 and authenticate and same_origin and not challenged:
-                challenged = True
-                challenges = parse_challenges(resp.headers.get("WWW-Authenticate", ""))
-                resp.read()
-                resp.close()
-                if self._answer_challenge(challenges, scopes, op):
-                    continue
-                return resp
-            if resp.status_code in _RETRY_STATUSES and retries_left > 0:
-                retries_left -= 1
-                resp.close()
-                delay = self._retry_delay(resp, self._retries - retries_left)
-                log.debug("%s %s: %d, retrying in %.1f s", method, url, resp.status_code, delay)
-                time.sleep(delay)
-                continue
-            if not stream:
-                resp.read()
-                resp.close()
-            return resp
-
-    def _retry_delay(self, resp: httpx.Response, attempt: int) -> float:
-        # Linear backoff; a Retry-After header wins, capped so a push never stalls for long.
-        try:
-            after = float(resp.headers.get("Retry-After", ""))
-        except ValueError:
-            after = 0.0
-        return min(max(after, self._backoff * attempt), 10.0)
-
-    def _credentials(self) -> Credentials | None:
-        if not self._creds_loaded:
-            self._creds = self._source.lookup(self.registry)
-            self._creds_loaded = True
-            if self._creds is not None:
-                log.debug("using credentials for %s from %s", self.registry, self._creds.source)
-        return self._creds
-
-    def _auth_header(self, scopes: Sequence[str], op: _Op) -> str | None:
-        with self._lock:
-            if self._basic:
-                creds = self._credentials()
-                return basic_header(creds) if creds else None
-            if self._bearer is None:
-                return None
-            key = tuple(sorted(scopes))
-            cached = self._tokens.get(key)
-            if cached and cached[1] > time.monotonic():
-                return f"Bearer {cached[0]}"
-            # The token service is known from an earlier challenge: ask before being refused.
-            return f"Bearer {self._fetch_token(self._bearer, scopes, op)}"
-
-    def _answer_challenge(self, challenges: list[Challenge], scopes: Sequence[str], op: _Op) -> bool:
-        """Set up auth for a 401; False when there is nothing to retry with."""
-        by_scheme = {c.scheme: c for c in challenges}
-        with self._lock:
-            if "bearer" in by_scheme:
-                challenge = by_scheme["bearer"]
-                # Remembered without its scope: that scope was this request's, not the next one's.
-                self._bearer = Challenge("bearer", tuple(p for p in challenge.params if p[0] != "scope"))
-                self._tokens.pop(tuple(sorted(scopes)), None)
-                self._fetch_token(challenge, scopes, op)
-                return True
-            if "basic" in by_scheme:
-                if self._basic or self._credentials() is None:
-                    return False  # already sent them (so they are wrong), or have none
-                self._basic = True
-                return True
-        return False
-
-    def _fetch_token(self, challenge: Challenge, scopes: Sequence[str], op: _Op) -> str:
-        creds = self._credentials()
-        try:
-            request = token_request(challenge, scopes, creds)
-        except ValueError as exc:
-            raise op.error(
-                f"registry {self.registry} sent an unusable auth challenge while {op.doing}: {exc}",
-                hint="the registry's token service is misconfigured; report it to its operator",
-            ) from None
-        realm_host = request.url.netloc.decode("ascii", "replace")
-        started = time.monotonic()
-        try:
-            resp = self._http.send(request)
-        except httpx.TimeoutException:
-            raise op.error(
-                f"token service {realm_host} of registry {self.registry} did not answer within "
-                f"{time.monotonic() - started:.1f} s while {op.doing}",
-                hint="check that the registry's token service is up and reachable from here",
-            ) from None
-        except httpx.TransportError as exc:
-            raise op.error(
-                f"cannot reach token service {realm_host} of registry {self.registry} while "
-                f"{op.doing}: {exc}",
-                hint="check the network and the registry's auth configuration",
-            ) from None
-        if resp.status_code in (401, 403):
-            raise self._auth_failure(op, resp)
-        if resp.status_code != 200:
-            raise op.error(
-                f"token service {realm_host} of registry {self.registry} answered "
-                f"{resp.status_code} {resp.reason_phrase} while {op.doing}"
-                + (f": {detail}" if (detail := _registry_errors(resp)) else ""),
-                hint="retry later; if it persists, the registry's token service is failing",
-            )
-        try:
-            token, expires_in = parse_token_response(resp.content)
-        except ValueError:
-            raise op.error(
-                f"token service {realm_host} of registry {self.registry} answered without a token "
-                f"while {op.doing}",
-                hint="the registry's token service is misconfigured; report it to its operator",
-            ) from None
-        self._tokens[tuple(sorted(scopes))] = (token, time.monotonic() + expires_in - _TOKEN_MARGIN_S)
-        return token
-
-    # -- internals: reading bodies ---------------------------------------------------------
-
-    def _iter_response(self, resp: httpx.Response, op: _Op) -> Iterator[bytes]:
-        started = time.monotonic()
-        try:
-            yield from resp.iter_bytes(_CHUNK)
-        except httpx.TimeoutException:
-            raise op.error(
-                f"registry {self.registry} stopped sending after {time.monotonic() - started:.1f} s "
-                f"while {op.doing} (timeout {self.timeout:g} s)",
-                hint="check that the registry is up and reachable from here; on a slow link "
-                "raise the timeout",
-            ) from None
-        except httpx.TransportError as exc:
-            raise op.error(
-                f"connection to registry {self.registry} broke while {op.doing}: {exc}",
-                hint="retry; if it persists, check the network or the registry",
-            ) from None
-
-    def _read_limited(self, resp: httpx.Response, op: _Op, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        for chunk in self._iter_response(resp, op):
-            total += len(chunk)
-            if total > limit:
-                raise op.error(
-                    f"registry {self.registry} sent more than {limit} bytes for {op.what} {op.target}",
-                    hint="that is not a manifest; check the reference",
-                )
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def _media_type(self, resp: httpx.Response, data: bytes, op: _Op) -> str:
+    def _media_type(self, resp: httpx.Response, data: bytes, op: Op) -> str:
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         if media_type not in MANIFEST_TYPES | INDEX_TYPES:
             # Some registries answer application/json; the document's own field is then the truth.
@@ -699,7 +383,7 @@ class RegistryClient:
         return media_type
 
     def _blob_body(
-        self, op: _Op, digest: str, data: bytes | Path, size: int
+        self, op: Op, digest: str, data: bytes | Path, size: int
     ) -> Callable[[], Iterable[bytes]] | bytes:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = bytes(data)
@@ -726,12 +410,12 @@ class RegistryClient:
         def chunks() -> Iterator[bytes]:
             # Reads one chunk ahead so that a mismatch is raised before the last byte is sent:
             # the registry then never commits a blob under the wrong digest.
-            hasher = _hasher(digest)
+            hasher = new_hasher(digest)
             with open(path, "rb") as fh:
-                pending = fh.read(_CHUNK)
+                pending = fh.read(CHUNK)
                 while pending:
                     hasher.update(pending)
-                    nxt = fh.read(_CHUNK)
+                    nxt = fh.read(CHUNK)
                     if not nxt and f"{digest.split(':')[0]}:{hasher.hexdigest()}" != digest:
                         raise PublishError(
                             f"blob file {path} does not hash to {digest} (pushing to {op.target})",
@@ -741,83 +425,4 @@ class RegistryClient:
                     pending = nxt
 
         return chunks
-
-    # -- internals: errors -----------------------------------------------------------------
-
-    def _check_returned_digest(self, resp: httpx.Response, op: _Op, digest: str) -> None:
-        header = resp.headers.get("Docker-Content-Digest")
-        if header and header.split(":")[0] == digest.split(":")[0] and header != digest:
-            raise self._mismatch(op, digest, header, what="the registry's Docker-Content-Digest")
-
-    def _mismatch(self, op: _Op, expected: str, got: str, *, what: str = "the content received") -> MlbuildError:
-        return op.error(
-            f"digest mismatch for {op.what} {op.target}: expected {expected}, {what} is {got}",
-            hint="the registry (or a proxy) altered the content; retry, and report it if it persists",
-        )
-
-    def _connection_error(self, op: _Op, method: str, url: httpx.URL, exc: Exception) -> MlbuildError:
-        text = str(exc) or type(exc).__name__
-        hint = "check that the registry is running and the host and port are right"
-        if url.scheme == "https" and ("SSL" in text or "TLS" in text or "certificate" in text.lower()):
-            hint = ("the TLS handshake failed; if this registry serves plain HTTP, use it as an "
-                    "insecure registry (loopback hosts are by default)")
-        return op.error(
-            f"cannot connect to registry {self.registry} ({url.scheme}://{url.netloc.decode()}) "
-            f"while {op.doing}: {text}",
-            hint=hint,
-        )
-
-    def _auth_failure(self, op: _Op, resp: httpx.Response) -> MlbuildError:
-        creds = self._creds
-        detail = _registry_errors(resp)
-        insufficient = "insufficient_scope" in resp.headers.get("WWW-Authenticate", "")
-        if creds is not None and not insufficient and resp.status_code == 401:
-            return op.error(
-                f"registry {self.registry} rejected the credentials of user {creds.username!r} "
-                f"(from {creds.source}) while {op.doing}",
-                hint=f"check the user name and password or token; `docker login {self.registry}` "
-                "stores new ones",
-            )
-        if creds is None:
-            return op.error(
-                f"registry {self.registry} needs credentials to {op.action} {op.repository} and "
-                f"none were found for it (looked in {self._source.describe()})",
-                hint=f"run `docker login {self.registry}`, or set DOCKER_CONFIG to a directory "
-                "whose config.json has credentials for it",
-            )
-        return op.error(
-            f"registry {self.registry} denied {op.action} access to {op.repository} for user "
-            f"{creds.username!r} (from {creds.source})" + (f": {detail}" if detail else ""),
-            hint=f"check that this user may {op.action} {op.repository} (and that the repository exists)",
-        )
-
-    def _fail(self, resp: httpx.Response, op: _Op) -> MlbuildError:
-        status = resp.status_code
-        if status in (401, 403):
-            return self._auth_failure(op, resp)
-        detail = _registry_errors(resp)
-        suffix = f" ({detail})" if detail else ""
-        method, path = resp.request.method, resp.request.url.path
-        if status == 404:
-            codes = _registry_error_codes(resp)
-            if "NAME_UNKNOWN" in codes:
-                return op.error(
-                    f"repository not found: {self.registry}/{op.repository}{suffix}",
-                    hint="check the repository name (and that you may see it)",
-                )
-            return op.error(
-                f"{op.what} not found: {op.target}{suffix}",
-                hint="check the image name and its tag or digest",
-            )
-        if status >= 500:
-            return op.error(
-                f"registry {self.registry} failed with {status} {resp.reason_phrase} while "
-                f"{op.doing} ({method} {path})" + (f": {detail}" if detail else ""),
-                hint="the registry had an internal error; retry later, or check the registry's logs",
-            )
-        return op.error(
-            f"registry {self.registry} refused {op.doing}: {status} {resp.reason_phrase}"
-            + (f": {detail}" if detail else "") + f" ({method} {path})",
-            hint="the request was not accepted as sent; the registry's message above says why",
-        )
 

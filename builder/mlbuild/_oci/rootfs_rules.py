@@ -41,7 +41,7 @@ An error is a ``BuildError`` naming layer and entry, whose hint names the opt-ou
 ``MLBUILD_ALLOW_UNSAFE_BASE=1`` (read only in ``unsafe_base_allowed``) turns each into a
 warning; a climbing name is then read where the engines put it (so mlbuild sees what runs),
 every other erroneous entry is left out (the engines refuse the image anyway).
-Warning lines go to the caller's reporter (the backend passes ``BuildOptions.say``); at most
+Warning lines go to the caller's reporter (the backend passes ``BuildPlan.say``); at most
 ``_MAX_LINES`` per class and layer, then one line with the count of the rest.
 """
 

@@ -34,9 +34,12 @@ from .._errors import BuildError
 
 __all__ = [
     "GZIP_LEVEL",
+    "SKIP_NAMES",
+    "SKIP_SUFFIXES",
     "Entry",
     "LayerBlob",
     "file_entry",
+    "is_skipped",
     "bytes_entry",
     "dir_entry",
     "symlink_entry",
@@ -56,6 +59,17 @@ __all__ = [
 GZIP_LEVEL = 1
 
 _COPY_CHUNK = 1 << 20
+
+# Never part of an image, whoever writes the tar (this writer or the docker build context):
+# bytecode and caches the host left behind (.pyc is compiled on purpose, or not at all).
+SKIP_NAMES = frozenset({"__pycache__", ".DS_Store"})
+SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+def is_skipped(rel: str) -> bool:
+    """True for a ``/``-separated path under a skipped directory or with a skipped suffix."""
+    parts = rel.split("/")
+    return any(p in SKIP_NAMES for p in parts) or rel.endswith(SKIP_SUFFIXES)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ import pytest
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
+@pytest.mark.registry
 def test_base_digest_from_a_registry_base_is_in_labels_and_result(
     docker_client, base_image, plain_registry, copy_model, image_tags
 ):
     from pathlib import Path
 
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     remote = f"{plain_registry}/library/python:3.11-bookworm"
     docker_client.images.get(base_image).tag(remote)
@@ -33,7 +34,7 @@ def test_base_digest_from_a_registry_base_is_in_labels_and_result(
 def test_a_locally_built_base_has_no_base_digest(docker_client, base_image, copy_model, image_tags):
     from pathlib import Path
 
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(Path(__file__).resolve().parents[2] / "fixtures" / "models" / "echo")
     image_tags.append("mlbuild-test/base-digest-local:it")

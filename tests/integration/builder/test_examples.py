@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def _build(name, docker_client, base_image, copy_model):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(EXAMPLES / name)
     lines: list[str] = []

@@ -34,7 +34,7 @@ NETWORK_PROBE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def echo_build(docker_client, base_image, copy_model):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(MODELS / "echo")
     (model / "Dockerfile.j2").write_text(NETWORK_PROBE)
@@ -109,14 +109,14 @@ def test_run_image_serves_predictions(echo_build):
 
 
 def test_code_only_change_rebuilds_only_the_top_layer(docker_client, base_image, copy_model, image_tags):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(MODELS / "echo")
     image_tags.append("mlbuild-test/echo-layers:it")
-    first = build_image(model, tag=image_tags[0], base_image=base_image, quiet=True)
+    first = build_image(model, tag=image_tags[0], base_image=base_image)
     before = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]
     (model / "predict.py").write_text((model / "predict.py").read_text() + "\n# a code-only change\n")
-    second = build_image(model, tag=image_tags[0], base_image=base_image, quiet=True)
+    second = build_image(model, tag=image_tags[0], base_image=base_image)
     after = docker_client.images.get(second.image_id).attrs["RootFS"]["Layers"]
     assert second.image_id != first.image_id
     assert len(after) == len(before)
@@ -125,7 +125,7 @@ def test_code_only_change_rebuilds_only_the_top_layer(docker_client, base_image,
 
 
 def test_network_use_in_a_build_step_fails_with_the_step_and_log(base_image, copy_model, image_tags):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(MODELS / "echo")
     (model / "Dockerfile.j2").write_text(
@@ -135,29 +135,29 @@ def test_network_use_in_a_build_step_fails_with_the_step_and_log(base_image, cop
     )
     image_tags.append("mlbuild-test/echo-netfail:it")
     with pytest.raises(BuildError) as info:
-        build_image(model, tag=image_tags[0], base_image=base_image, quiet=True)
+        build_image(model, tag=image_tags[0], base_image=base_image)
     assert "Step" in str(info.value) and "socket.create_connection" in str(info.value)
     assert "unreachable" in (info.value.details or "").lower()
     assert "without network" in (info.value.hint or "")
 
 
 def test_python_mismatch_with_the_base_is_explained(base_image, copy_model, image_tags):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(MODELS / "echo")
     image_tags.append("mlbuild-test/echo-py312:it")
     with pytest.raises(BuildError) as info:
-        build_image(model, tag=image_tags[0], base_image=base_image, python="3.12", quiet=True)
+        build_image(model, tag=image_tags[0], base_image=base_image, python="3.12")
     assert "has Python 3.11 but the model wants 3.12" in (info.value.details or "")
 
 
 def test_image_that_cannot_load_is_a_run_error_with_the_log(base_image, copy_model, image_tags):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
     from mlbuild._run import run_image
 
     model = copy_model(MODELS / "load_raises")
     image_tags.append("mlbuild-test/load-raises:it")
-    build_image(model, tag=image_tags[0], base_image=base_image, quiet=True)
+    build_image(model, tag=image_tags[0], base_image=base_image)
     with pytest.raises(RunError) as info:
         run_image(image_tags[0], timeout=60)
     assert "missing.bin" in (info.value.details or "")
@@ -176,7 +176,6 @@ def test_no_engine_is_engine_unavailable(monkeypatch, tmp_path):
 def test_context_file_that_cannot_be_read_is_a_build_error_naming_it(tmp_path):
     """Against the real engine: the read error raised inside the streamed request body must come
     out as itself, not as the engine 'stopped answering'."""
-    from mlbuild._backends import BuildOptions, EnvDirs
     from mlbuild._backends.docker import DockerBackend
     from mlbuild._context import BuildContext, ContextEntry
 
@@ -188,9 +187,9 @@ def test_context_file_that_cannot_be_read_is_a_build_error_naming_it(tmp_path):
         ContextEntry("a.bin", source=weights),
         ContextEntry("z.bin", source=gone),
     ])
-    options = BuildOptions(tag="mlbuild-test/unreadable:it", envs=EnvDirs(tmp_path, tmp_path, ""))
     with pytest.raises(BuildError) as info:
-        DockerBackend().build_context(context, tag=options.tag, network_mode="none", options=options)
+        DockerBackend().build_context(context, tag="mlbuild-test/unreadable:it", network_mode="none",
+                                      platform="linux/amd64", say=lambda _line: None)
     assert not isinstance(info.value, EngineUnavailableError)
     assert str(info.value).startswith(f"{gone}: could not read it into the build context")
 

@@ -59,7 +59,7 @@ def _pinned_version(requirements: Path, name: str) -> str:
 
 
 def test_notebook_pipeline_served_from_the_image_matches_in_process(tmp_path, built_images):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     # Run the example as a user would: its classes and function live in that script's __main__.
     expected_file = tmp_path / "expected.json"
@@ -72,12 +72,12 @@ def test_notebook_pipeline_served_from_the_image_matches_in_process(tmp_path, bu
     assert len(expected["rows"]) == 100
     tag = "mlbuild-it/save-notebook:test"
     built_images.append(tag)
-    build_image(tmp_path / "model", tag=tag, base_image=BASE, quiet=True)
+    build_image(tmp_path / "model", tag=tag, base_image=BASE)
     assert _predict_over_http(tag, expected["rows"]) == expected["predictions"]
 
 
 def test_native_format_example_served_from_the_image_matches_in_process(built_images):
-    from mlbuild._image import build_image
+    from mlbuild._build import build_directory as build_image
 
     model_dir = EXAMPLES / "native-format" / "model"
     spec = importlib.util.spec_from_file_location("native_predict", model_dir / "predict.py")
@@ -90,7 +90,7 @@ def test_native_format_example_served_from_the_image_matches_in_process(built_im
 
     tag = "mlbuild-it/save-native:test"
     built_images.append(tag)
-    build_image(model_dir, tag=tag, base_image=BASE, quiet=True)
+    build_image(model_dir, tag=tag, base_image=BASE)
     served = _predict_over_http(tag, rows)
     pinned = _pinned_version(model_dir / "requirements.txt", "xgboost-cpu")
     if importlib.metadata.version("xgboost-cpu") == pinned:

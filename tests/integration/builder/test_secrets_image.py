@@ -44,13 +44,12 @@ def _layer_files(archive: Path) -> dict[str, bytes]:
 
 
 def test_the_corpus_image_holds_no_credential(base_image, copy_model, tmp_path):
-    from mlbuild._image import build_image
-    from mlbuild._oci.backend import OciBackend
+    from mlbuild._build import build_directory as build_image
 
     model = copy_model(CORPUS)
     lines: list[str] = []
     build_image(model, tag="mlbuild-test/secrets-corpus:it", base_image=f"docker:{base_image}",
-                backend=OciBackend(output=tmp_path / "image.tar"), progress=lines.append)
+                backend="oci", output=tmp_path / "image.tar", progress=lines.append)
     files = _layer_files(tmp_path / "image.tar")
 
     in_model = {name[len(MODEL_DIR):] for name in files if name.startswith(MODEL_DIR)}

@@ -21,8 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlbuild._image import build_image
-from mlbuild._oci.backend import OciBackend, build_oci_image
+from mlbuild._build import build_directory as build_image
 from mlbuild._oci.base import open_base
 from mlbuild._oci.image import Descriptor, build_index, build_manifest, canonical_json
 from mlbuild._oci.layout import Blob, BuiltImages, DockerEntry, write_layout
@@ -80,8 +79,8 @@ def test_build_layout_and_archive_then_run(saved_base, cache_dir, copy_model, do
     base = f"docker-archive:{saved_base}"
     tag = "mlbuild-test/oci-echo:1"
     image_tags.append(tag)
-    layout = build_image(model, tag=tag, base_image=base, backend=OciBackend(output=tmp_path / "layout"))
-    archive = build_image(model, tag=tag, base_image=base, backend=OciBackend(output=tmp_path / "echo.tar"))
+    layout = build_image(model, tag=tag, base_image=base, backend="oci", output=tmp_path / "layout")
+    archive = build_image(model, tag=tag, base_image=base, backend="oci", output=tmp_path / "echo.tar")
     assert layout.digest == archive.digest and layout.image_id == layout.digest
     assert layout.backend == "oci" and layout.lock_digest.startswith("sha256:")
 
@@ -121,12 +120,12 @@ def test_code_only_rebuild_writes_only_the_top(saved_base, cache_dir, copy_model
     model = copy_model(ECHO)
     base = f"docker-archive:{saved_base}"
     out = tmp_path / "layout"
-    first = build_image(model, tag="echo:1", base_image=base, backend=OciBackend(output=out))
+    first = build_image(model, tag="echo:1", base_image=base, backend="oci", output=out)
     blobs_before = {p.name: p.stat().st_mtime_ns for p in (out / "blobs" / "sha256").iterdir()}
     with open(model / "predict.py", "a") as f:
         f.write("\n# a code-only change\n")
     started = time.monotonic()
-    second = build_image(model, tag="echo:1", base_image=base, backend=OciBackend(output=out))
+    second = build_image(model, tag="echo:1", base_image=base, backend="oci", output=out)
     whole = time.monotonic() - started
     assert second.digest != first.digest
     before, after = _manifest_layers(out, first.digest), _manifest_layers(out, second.digest)
@@ -143,7 +142,7 @@ def test_load_into_engine(saved_base, cache_dir, copy_model, docker_client, imag
     tag = "mlbuild-test/oci-echo-load:1"
     image_tags.append(tag)
     # docker:REF reads the base from the local engine (one `docker save`, cached by image id).
-    result = build_image(model, tag=tag, base_image="docker:mlbuild-test/python:3.11-bookworm", backend=OciBackend(load=True))
+    result = build_image(model, tag=tag, base_image="docker:mlbuild-test/python:3.11-bookworm", backend="oci", load=True)
     assert tag.split("/")[-1] in (result.loaded or "")
     assert docker_client.images.get(tag).attrs["Architecture"] == "amd64"
 
@@ -197,8 +196,8 @@ def test_multi_arch_index_with_arm64_wheels(saved_base, cache_dir, copy_model, t
     model = copy_model(OCI_SMALL)
     out = tmp_path / "multi"
     # What `mlbuild image --backend oci --platform linux/amd64,linux/arm64` calls; no lock yet.
-    result = build_oci_image(model, tag="small:1", base_image=f"oci:{base_layout}",
-                             platform="linux/arm64,linux/amd64", output=out)
+    result = build_image(model, tag="small:1", base_image=f"oci:{base_layout}", backend="oci",
+                         platform="linux/arm64,linux/amd64", output=out)
     assert read_lock(model / "mlbuild.lock").platforms == ("linux/amd64", "linux/arm64")
     assert result.platforms == ("linux/amd64", "linux/arm64")
     index = json.loads((out / "blobs" / "sha256" / result.digest.split(":")[1]).read_bytes())
@@ -227,7 +226,7 @@ def test_base_from_registry_and_push(saved_base, cache_dir, copy_model, registry
                    check=True, capture_output=True, timeout=600)
     target = f"{registry.host}/models/echo:1"
     image_tags.append(target)
-    result = build_image(copy_model(ECHO), tag="echo:1", base_image=base_ref, backend=OciBackend(push=target))
+    result = build_image(copy_model(ECHO), tag="echo:1", base_image=base_ref, backend="oci", push=target)
     assert result.pushed == f"{target}@{result.digest}"
     raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{target}"],
                          capture_output=True, check=True, timeout=120).stdout

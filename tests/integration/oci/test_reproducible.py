@@ -28,12 +28,12 @@ _BUILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from mlbuild._image import build_image
-    from mlbuild._oci.backend import OciBackend
+    from mlbuild._build import build_directory as build_image
+    from mlbuild._backends.oci import OciBackend
     model, base, out = sys.argv[1:4]
     # 1 MiB: the server env then splits into per-distribution layers (pydantic-core, uvloop, ...),
     # so the split itself is shown to depend on nothing but the installed tree.
-    r = build_image(model, tag="repro:1", base_image=base, backend=OciBackend(output=out, dist_layer_min_bytes=1 << 20))
+    r = build_image(model, tag="repro:1", base_image=base, backend=OciBackend(dist_layer_min_bytes=1 << 20), output=out)
     blob = lambda d: json.loads((Path(out) / "blobs" / "sha256" / d.split(":")[1]).read_bytes())
     history = blob(blob(r.digest)["config"]["digest"])["history"]
     server_layers = [h["created_by"] for h in history if "COPY server-env/" in h.get("created_by", "")]

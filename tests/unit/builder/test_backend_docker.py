@@ -3,7 +3,6 @@ script. What is checked: network_mode, the env-image cache, the context sent, er
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import tarfile
@@ -11,11 +10,11 @@ import textwrap
 
 import docker.errors
 import pytest
-from mlbuild._backends import BuildOptions, EnvDirs
 from mlbuild._backends.docker import DockerBackend
 from mlbuild._errors import BuildError, ConfigError, EngineUnavailableError
 from mlbuild._lock import Lock
 from mlbuild._spec import load_spec
+from support.plans import Envs, plan_for
 
 
 class FakeImage:
@@ -119,7 +118,7 @@ def _setup(tmp_path, toml=""):
     spec = load_spec(model)
     lock = Lock(path=model / "mlbuild.lock", python="3.11", platforms=("linux/amd64",), resolver="uv",
                 requirements_sha256="0" * 64, packages=(), digest="sha256:" + "1" * 64)
-    options = BuildOptions(tag="m:1", envs=EnvDirs(envs["server"], envs["model"], "sha256:" + "2" * 64))
+    options = dict(tag="m:1", envs=Envs(envs["server"], envs["model"], "sha256:" + "2" * 64))
     return spec, lock, options
 
 
@@ -127,7 +126,7 @@ def test_env_image_is_built_once_then_reused(tmp_path):
     spec, lock, options = _setup(tmp_path)
     client = FakeClient()
     backend = DockerBackend(client_factory=lambda: client)
-    first = backend.build(spec, lock, options)
+    first = backend.build(plan_for(spec, lock, **options))
     env_call, app_call = client.api.calls
     # The env image: FROM/venvs from the Dockerfile (no env files in its context), then one
     # committed layer per env, extracted straight into a container.
@@ -144,15 +143,23 @@ def test_env_image_is_built_once_then_reused(tmp_path):
     assert "model/code/predict.py" in app_call["names"] and not any(n.startswith("model-env") for n in app_call["names"])
     assert {c["network_mode"] for c in client.api.calls} == {"none"}
     assert all(c["rm"] and c["forcerm"] and c["custom_context"] for c in client.api.calls)
-    second = backend.build(spec, lock, options)
-    assert len(client.api.calls) == 3 and second.env_image == first.env_image  # only the app again
+    # Nothing changed: the app image is found by its context's key; the engine builds nothing.
+    lines: list[str] = []
+    same = backend.build(plan_for(spec, lock, **options, progress=lines.append))
+    assert len(client.api.calls) == 2 and same.image_id == first.image_id
+    assert client.images.known["m:1"] == first.image_id and any("nothing changed" in line for line in lines)
+    # A code change: only the app again, FROM the same env image.
+    (spec.directory / "predict.py").write_text("def predict(x: dict) -> dict:\n    return {}\n")
+    second = backend.build(plan_for(spec, lock, **options))
+    assert len(client.api.calls) == 3 and second.env_image == first.env_image
+    assert second.image_id != first.image_id
 
 
 def test_system_packages_get_network_in_the_env_build_only(tmp_path):
     spec, lock, options = _setup(tmp_path, 'system_packages = ["libgomp1"]\n')
     client = FakeClient()
     lines = []
-    DockerBackend(client_factory=lambda: client).build(spec, lock, BuildOptions(**{**options.__dict__, "progress": lines.append}))
+    DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options, progress=lines.append))
     assert [c["network_mode"] for c in client.api.calls] == ["default", "none"]
     assert any("network on, for apt-get only" in line for line in lines)
 
@@ -167,7 +174,7 @@ def test_failed_step_is_a_build_error_with_the_step_and_tail(tmp_path):
     ]
     client = FakeClient(script=[failing])
     with pytest.raises(BuildError) as info:
-        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
     assert str(info.value) == "image build failed at Step 2/3 : RUN wget http://x"
     assert "returned a non-zero code: 4" in info.value.details
     assert "without network on purpose" in info.value.hint
@@ -178,7 +185,7 @@ def test_missing_base_that_cannot_be_pulled(tmp_path):
     client = FakeClient()
     client.images.known.pop("base:1")
     with pytest.raises(BuildError, match="base image base:1 is not in the engine"):
-        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
 
 
 class RecordingImages(FakeImages):
@@ -211,12 +218,12 @@ def _recording_client(**kwargs):
 def test_a_local_base_never_reaches_the_engine(tmp_path, base, via):
     spec, lock, options = _setup(tmp_path)
     if via == "options":  # --base on the command line, or the API's base_image=
-        options = dataclasses.replace(options, base_image=base)
+        options = {**options, "base_image": base}
     else:  # base_image in mlbuild.toml
         spec = spec.model_copy(update={"base_image": base})
     client = _recording_client()
     with pytest.raises(ConfigError) as info:
-        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
     assert info.value.message.startswith(f"base image {base!r} is a local image layout or archive")
     assert "\n" not in info.value.message and "--backend oci" in info.value.hint
     assert client.images.asked == [] and client.api.calls == []
@@ -226,7 +233,7 @@ def test_a_docker_prefixed_base_is_the_engine_image_it_names(tmp_path):
     spec, lock, options = _setup(tmp_path)
     client = _recording_client()
     result = DockerBackend(client_factory=lambda: client).build(
-        spec, lock, dataclasses.replace(options, base_image="docker:base:1"))
+        plan_for(spec, lock, **{**options, "base_image": "docker:base:1"}))
     assert ("get", "base:1") in client.images.asked
     assert not any(name.startswith("docker:") for _, name in client.images.asked)
     assert "FROM base:1\n" in client.api.calls[0]["dockerfile"] and result.base_image == "base:1"
@@ -234,12 +241,12 @@ def test_a_docker_prefixed_base_is_the_engine_image_it_names(tmp_path):
 
 @pytest.mark.parametrize("base", ["base:1\nRUN id", "$(id)", "base:1 --network=host", "docker:"])
 def test_an_unchecked_base_from_the_api_is_refused_before_the_engine(tmp_path, base):
-    # BuildOptions can be built by hand, past the spec's checks: the engine's API sees only a
+    # A BuildPlan can be made by hand, past the spec's checks: the engine's API sees only a
     # checked reference.
     spec, lock, options = _setup(tmp_path)
     client = _recording_client()
     with pytest.raises(ConfigError, match="not an image reference"):
-        DockerBackend(client_factory=lambda: client).build(spec, lock, dataclasses.replace(options, base_image=base))
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **{**options, "base_image": base}))
     assert client.images.asked == [] and client.api.calls == []
 
 
@@ -251,7 +258,7 @@ def test_engine_that_does_not_answer(tmp_path, monkeypatch):
 
     spec, lock, options = _setup(tmp_path)
     with pytest.raises(EngineUnavailableError) as info:
-        DockerBackend(client_factory=factory).build(spec, lock, options)
+        DockerBackend(client_factory=factory).build(plan_for(spec, lock, **options))
     assert str(info.value) == "no Docker engine answers at tcp://127.0.0.1:9"
     assert info.value.exit_code == 6 and "connection refused" in info.value.details
 
@@ -261,7 +268,7 @@ def test_result_json_and_summary(tmp_path):
 
     spec, lock, options = _setup(tmp_path)
     client = FakeClient()
-    result = DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    result = DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
     data = json.loads(json.dumps(result.to_json()))
     assert data["tag"] == "m:1" and data["backend"] == "docker" and data["size_bytes"] == 123_000_000
     assert data["lock_digest"] == lock.digest and "dockerfile" not in data
@@ -304,7 +311,7 @@ def test_context_file_gone_while_streaming_is_a_build_error_naming_it(tmp_path):
     predict = spec.directory / "predict.py"
     client.api = _BeforeSending(client, predict.unlink)
     with pytest.raises(BuildError) as info:  # not EngineUnavailableError: the engine is fine
-        DockerBackend(client_factory=lambda: client).build(spec, lock, dataclasses.replace(options, env_cache=False))
+        DockerBackend(client_factory=lambda: client, env_cache=False).build(plan_for(spec, lock, **options))
     assert type(info.value) is BuildError
     assert str(predict) in str(info.value) and "could not read it into the build context" in str(info.value)
 
@@ -323,7 +330,7 @@ def test_context_file_that_shrinks_while_streaming_is_named(tmp_path, monkeypatc
     monkeypatch.setattr(os, "fstat", fstat_at_open)
     client = FakeClient()
     with pytest.raises(BuildError, match="changed size while being sent") as info:
-        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
     assert str(info.value).startswith(f"{predict}:")
 
 
@@ -338,7 +345,7 @@ def test_connection_dropped_by_an_engine_that_still_answers_is_a_build_error(tmp
 
     client.api = _BeforeSending(client, refuse)
     with pytest.raises(BuildError, match="closed the connection during the build of") as info:
-        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
     assert type(info.value) is BuildError
 
     pings = []
@@ -350,20 +357,20 @@ def test_connection_dropped_by_an_engine_that_still_answers_is_a_build_error(tmp
 
     client.ping = gone_after_the_first_ping
     with pytest.raises(EngineUnavailableError, match="stopped answering"):
-        DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+        DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
 
 
 @pytest.mark.parametrize("tag", ["Bad Tag", "UPPER:1", "m:bad tag", "m@sha256:" + "a" * 64, " m:1", ""])
 def test_bad_tag_is_refused_before_anything_runs(tmp_path, tag):
     from mlbuild._errors import ConfigError
-    from mlbuild._image import build_image
+    from mlbuild._plan import BuildRequest, make_plan
 
     class NoRunner:
         def run(self, *a, **k):
             pytest.fail("a program ran before the tag was checked")
 
     with pytest.raises(ConfigError) as info:
-        build_image(tmp_path / "nothing-here", tag=tag, runner=NoRunner(), backend=object())
+        make_plan(tmp_path / "nothing-here", BuildRequest(tag=tag), runner=NoRunner())
     assert f"--tag {tag!r}" in str(info.value) and info.value.hint
 
 
@@ -419,7 +426,7 @@ def test_dockerignore_drops_nothing_the_model_files_chose(tmp_path):
         (spec.directory / rel).write_bytes(b"x")
     spec = load_spec(spec.directory)
     client = FakeClient()
-    DockerBackend(client_factory=lambda: client).build(spec, lock, options)
+    DockerBackend(client_factory=lambda: client).build(plan_for(spec, lock, **options))
     sent = [n for n in client.api.calls[-1]["names"] if n.startswith("model/")]
     for rel in ("pkg/__pycache__/m.cpython-311.pyc", "m.pyc", ".DS_Store"):  # code or artefact
         assert f"model/code/{rel}" in sent or f"model/artifacts/{rel}" in sent, rel

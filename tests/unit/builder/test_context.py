@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 from mlbuild._context import (
-    RUNTIME_PTH_NAME,
     BuildContext,
     ContextEntry,
     context_for_app,
     context_for_env,
     full_context,
-    runtime_package_dir,
 )
 from mlbuild._errors import BuildError
 from mlbuild._files import select_model_files
+from mlbuild._imagefacts import FIXED_EPOCH, RUNTIME_PTH_NAME
+from mlbuild._resources import runtime_package_dir
 from mlbuild._spec import load_spec
-from mlbuild._templates import FIXED_EPOCH
 
 
 def _write(path: Path, text: str, executable: bool = False) -> None:
@@ -63,14 +62,12 @@ def _contexts(src: dict[str, Path]) -> BuildContext:
 
 
 def _tar_bytes(ctx: BuildContext) -> bytes:
-    buf = io.BytesIO()
-    ctx.write_tar(buf)
-    return buf.getvalue()
+    return b"".join(ctx.iter_tar())
 
 
 def test_layout_and_exclusions(tmp_path):
     ctx = _contexts(_sources(tmp_path))
-    names = ctx.names()
+    names = [e.arcname for e in ctx.entries]
     assert names == sorted(names)
     for expected in (
         "Dockerfile",
@@ -131,16 +128,6 @@ def test_content_change_changes_the_tar(tmp_path):
     assert _tar_bytes(_contexts(src)) != before
 
 
-def test_materialize_writes_the_same_tree(tmp_path):
-    ctx = _contexts(_sources(tmp_path / "src"))
-    out = ctx.materialize(tmp_path / "out")
-    assert (out / "model/code/predict.py").read_text().startswith("def predict")
-    assert oct((out / "server-env/bin/uvicorn").stat().st_mode & 0o777) == oct(0o755)
-    assert (out / "model-env/lib/python3.11/site-packages/numpy_alias").is_symlink()
-    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
-    assert on_disk == ctx.names()
-
-
 def test_missing_env_is_a_build_error(tmp_path):
     with pytest.raises(BuildError, match="missing"):
         context_for_env(dockerfile="", dockerignore="", server_env=tmp_path / "nope", model_env=tmp_path, python="3.11")
@@ -150,4 +137,4 @@ def test_runtime_package_is_the_installed_one():
     runtime = runtime_package_dir()
     assert (runtime / "__init__.py").is_file() and (runtime / "worker").is_dir()
     ctx = BuildContext([ContextEntry("x", data=b"1")], mtime=5)
-    assert ctx.names() == ["x"] and ctx.mtime == 5
+    assert [e.arcname for e in ctx.entries] == ["x"] and ctx.mtime == 5

@@ -16,13 +16,13 @@ import pytest
 from mlbuild._envs import install_env, target_tags
 from mlbuild._errors import FetchError, NoWheelError
 from mlbuild._platforms import parse_platform
-from mlbuild._runner import Call, ScriptedRunner
+from support.runner import Call, ScriptedRunner
 
 ARM = parse_platform("linux/arm64")
 AMD = parse_platform("linux/amd64")
 
 
-FakeRunner = ScriptedRunner  # records calls, answers as uv would (see mlbuild._runner)
+FakeRunner = ScriptedRunner  # records calls, answers as uv would (see tests/support/runner.py)
 
 
 def rec_hash(data: bytes) -> str:

@@ -332,7 +332,7 @@ def test_render_does_not_turn_separators_into_newlines(tmp_path):
     assert "# note: a\u2028RUN id\n" in text
 
 
-@pytest.mark.parametrize("module", ["_spec", "_templates", "_scaffold", "_save", "_values", "_backends/docker"])
+@pytest.mark.parametrize("module", ["_spec", "_templates", "_scaffold", "_save/__init__", "_values", "_backends/docker"])
 def test_value_rules_are_imported_by_public_name_only(module):
     """The rules every templated value passes live in mlbuild._values under public names; the
     modules that apply them never reach into another module's private names (which once left

@@ -20,12 +20,13 @@ from mlbuild._lock import (
     write_lock,
 )
 from mlbuild._redact import find_credential_url, mask_url_credentials
-from mlbuild._runner import Call, ScriptedRunner, SubprocessRunner
+from mlbuild._runner import SubprocessRunner
 from mlbuild._server_env import SERVER_PLATFORMS, read_server_lock, server_lock_path, server_requirements
 from mlbuild._server_env import main as server_env_main
 from mlbuild._spec import load_spec
+from support.runner import Call, ScriptedRunner
 
-FakeRunner = ScriptedRunner  # records calls, answers as uv would (see mlbuild._runner)
+FakeRunner = ScriptedRunner  # records calls, answers as uv would (see tests/support/runner.py)
 
 
 SIX = """six==1.17.0 \\

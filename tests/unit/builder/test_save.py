@@ -17,9 +17,9 @@ import mlbuild
 import numpy as np
 import pytest
 import tomllib
+from mlbuild._errors import SaveError
 from mlbuild._save import check_payload_python, save
-from mlbuild._save_errors import SaveError
-from mlbuild._save_predict import describe_entry, render_predict
+from mlbuild._save._predict import describe_entry, render_predict
 from mlbuild._spec import load_spec
 
 PY = "%d.%d" % sys.version_info[:2]
@@ -241,7 +241,7 @@ def test_build_target_python_differing_from_the_payload_is_refused(tmp_path):
 
 def test_save_and_build_refuses_a_mismatched_python_before_building(tmp_path, monkeypatch):
     import mlbuild._api as api
-    from mlbuild._save import save_and_build
+    from mlbuild._api import save_and_build
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("build_image must not run")
@@ -256,7 +256,7 @@ def test_save_and_build_refuses_a_mismatched_python_before_building(tmp_path, mo
 
 def test_save_and_build_passes_the_saved_directory_to_build_image(tmp_path, monkeypatch):
     import mlbuild._api as api
-    from mlbuild._save import save_and_build
+    from mlbuild._api import save_and_build
 
     seen = {}
 
@@ -361,7 +361,7 @@ def test_saving_the_same_script_twice_gives_identical_bytes(tmp_path):
 
 
 def test_stable_tracker_ids_keep_same_named_classes_distinct():
-    from mlbuild._infer_requirements import analyse_and_pickle
+    from mlbuild._save._requirements import analyse_and_pickle
 
     def make(offset):
         class A:  # two different classes with one name, both pickled by value

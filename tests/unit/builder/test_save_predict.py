@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlbuild._save import save
-from mlbuild._save_predict import render_annotation
+from mlbuild._save._predict import render_annotation
 
 RUNTIME = Path(__file__).resolve().parents[3] / "runtime" / "mlbuild_runtime"
 

@@ -11,8 +11,8 @@ import textwrap
 import cloudpickle
 import numpy as np
 import pytest
-from mlbuild._infer_requirements import analyse_and_pickle, classify_modules
 from mlbuild._save import save
+from mlbuild._save._requirements import analyse_and_pickle, classify_modules
 
 
 def _pin(dist: str) -> str:
@@ -133,7 +133,7 @@ def test_classify_sorts_stdlib_installed_local_and_unknown():
 
 
 def test_cloudpickle_override_that_changes_its_version_is_refused(tmp_path):
-    from mlbuild._save_errors import SaveError
+    from mlbuild._errors import SaveError
 
     with pytest.raises(SaveError, match=r"requirements\[0\] = 'cloudpickle>=2' would not install cloudpickle"):
         save(NumpyOnly(), tmp_path / "m", requirements=["cloudpickle>=2"])

@@ -106,7 +106,7 @@ def test_corpus_keeps_the_ml_files_that_look_alike():
 def test_no_kept_corpus_file_holds_a_credential():
     # The invariant itself, independent of the rule lists: read what would be baked.
     files = select_model_files(load_spec(CORPUS))
-    for rel in files.all:
+    for rel in (*files.code, *files.artifacts):
         text = (CORPUS / rel).read_bytes().decode("utf-8", "replace")
         assert not SECRET_MARKERS.search(text), rel
     # ... while the fakes left out by content do hold one (so the marker check is not vacuous).
@@ -170,7 +170,7 @@ def test_ml_files_that_look_like_secrets_are_kept(tmp_path, rel):
     root = small_model(tmp_path, {rel: "x\n"})
     files = select_model_files(load_spec(root))
     assert excluded_map(files) == {}
-    assert rel in [p.as_posix() for p in files.all]
+    assert rel in [p.as_posix() for p in (*files.code, *files.artifacts)]
 
 
 # --------------------------------------------------------------------------- content
@@ -256,7 +256,7 @@ def test_a_symlink_to_a_file_holding_a_key_is_left_out(tmp_path):
 def test_an_exact_include_brings_back_a_name_or_content_exclusion(tmp_path):
     config = 'include = ["artifacts/sa.json", "Id_Rsa", "notes/setup.txt", "config/storage.ini"]\n'
     files = select_model_files(load_spec(copy_corpus(tmp_path, config)))
-    kept = {p.as_posix() for p in files.all}
+    kept = {p.as_posix() for p in (*files.code, *files.artifacts)}
     assert {"artifacts/sa.json", "Id_Rsa", "notes/setup.txt", "config/storage.ini"} <= kept
     assert excluded_map(files) == {k: v for k, v in CORPUS_SECRETS.items()
                                    if k not in ("artifacts/sa.json", "Id_Rsa", "notes/setup.txt",

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from mlbuild._errors import ConfigError, EntrypointError, LockError, StaleLockError
 from mlbuild._lock import ensure_lock
-from mlbuild._spec import ModelSpec, RequirementsSource, SpecOverrides, load_spec
+from mlbuild._requirements import RequirementsSource
+from mlbuild._spec import ModelSpec, SpecOverrides, load_spec
 from pydantic import ValidationError
 
 PROJECTS = Path(__file__).resolve().parents[2] / "fixtures" / "projects"
@@ -187,7 +188,6 @@ ALPHA = "2"
     assert spec.config_file == root / "mlbuild.toml"
     assert spec.name == "acme/iris" and spec.version == "2024.1"
     assert spec.entrypoint == "serve.app:handler"
-    assert (spec.entrypoint_module, spec.entrypoint_attr) == ("serve.app", "handler")
     assert spec.python == "3.12"
     assert spec.resolved_base_image == "mlbuild-test/python:3.11-bookworm"
     assert spec.system_packages == ("curl", "libgomp1")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from mlbuild._errors import ConfigError
+from mlbuild._imagefacts import created_timestamp
 from mlbuild._lock import Lock
 from mlbuild._spec import load_spec
-from mlbuild._templates import ContextLayout, created_timestamp, render_dockerfile
+from mlbuild._templates import ContextLayout, render_dockerfile
 
 GOLDEN = Path(__file__).parent / "golden"
 DIGEST = "sha256:" + "ab" * 32
@@ -195,7 +196,7 @@ def test_dockerfile_for_an_example(tmp_path):
     """What `mlbuild dockerfile` prints, for a real example whose lock is committed (no network)."""
     import shutil
 
-    from mlbuild._templates import dockerfile_for
+    from mlbuild._backends.docker import dockerfile_for
 
     example = Path(__file__).resolve().parents[3] / "examples" / "iris-sklearn"
     model = tmp_path / "iris-sklearn"
@@ -262,7 +263,7 @@ CI_TOKEN = "glcbt-SECRET123"
     ({"MLBUILD_SOURCE_URL": "git@git.invalid:grp/proj.git"}, "git@git.invalid:grp/proj.git"),  # scp form: a user name
 ])
 def test_the_source_label_never_carries_credentials(tmp_path, monkeypatch, env, expected):
-    from mlbuild._image import _source
+    from mlbuild._provenance import source as _source
     from mlbuild._templates import image_variables
 
     for name in ("MLBUILD_SOURCE_URL", "GITHUB_SERVER_URL", "GITHUB_REPOSITORY"):
@@ -302,7 +303,7 @@ def test_a_credential_handed_past_build_image_is_refused_for_both_backends(tmp_p
 
 def test_mlbuild_dockerfile_takes_only_an_engine_base(tmp_path):
     """`mlbuild dockerfile` prints a Dockerfile: its FROM names an image the engine can have."""
-    from mlbuild._templates import dockerfile_for
+    from mlbuild._backends.docker import dockerfile_for
 
     model = _model(tmp_path, MINIMAL)
     text = dockerfile_for(model, base_image="docker:mlbuild-test/python:3.11-bookworm")

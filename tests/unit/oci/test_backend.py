@@ -13,16 +13,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from mlbuild._backends import BuildOptions, EnvDirs
 from mlbuild._errors import BuildError, ConfigError
 from mlbuild._lock import Lock
-from mlbuild._oci.backend import OciBackend
 from mlbuild._oci.image import Descriptor, build_manifest
 from mlbuild._oci.layout import Blob, BuiltImages, DockerEntry, write_layout
 from mlbuild._oci.mediatypes import DOCKER
 from mlbuild._platforms import parse_platform
 from mlbuild._spec import load_spec
 from ocifixtures import GROUP, PASSWD, debian_like_layers, image_config, sha
+from support.plans import Envs, oci_build, plan_for
 
 REPO = Path(__file__).resolve().parents[3]
 ECHO = REPO / "tests" / "fixtures" / "models" / "echo"
@@ -66,7 +65,7 @@ def setup(tmp_path: Path):
     lock_file = model / "mlbuild.lock"
     lock_file.write_text("# fake lock\n")
     lock = Lock(lock_file, "3.11", ("linux/amd64",), "uv", "0" * 64, (), "sha256:" + "1" * 64)
-    options = BuildOptions(tag="echo:1", envs=EnvDirs(server, env, "sha256:" + "2" * 64), base_image=f"oci:{base}")
+    options = dict(tag="echo:1", envs=Envs(server, env, "sha256:" + "2" * 64), base_image=f"oci:{base}")
     return model, lock, options, tmp_path
 
 
@@ -80,7 +79,7 @@ def _layer_members(layout: Path, digest: str) -> dict[str, tuple[tarfile.TarInfo
 
 def test_layers_and_config(setup) -> None:
     model, lock, options, tmp = setup
-    result = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    result = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     out = tmp / "out"
     manifest = json.loads((out / "blobs" / "sha256" / result.digest.split(":")[1]).read_bytes())
     assert manifest["mediaType"] == DOCKER.manifest  # the base's family
@@ -125,10 +124,10 @@ def test_layers_and_config(setup) -> None:
     assert result.image_id == result.digest and result.platforms == ("linux/amd64",)
 
     # Same inputs again (warm cache): same digest; code change: only the last layer differs.
-    again = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    again = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     assert again.digest == result.digest
     (model / "predict.py").write_text((model / "predict.py").read_text() + "\n# changed\n")
-    changed = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    changed = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     new_layers = json.loads((out / "blobs" / "sha256" / changed.digest.split(":")[1]).read_bytes())["layers"]
     assert [l["digest"] for l in new_layers[:-1]] == [l["digest"] for l in layers[:-1]]
     assert new_layers[-1]["digest"] != layers[-1]["digest"]
@@ -136,19 +135,20 @@ def test_layers_and_config(setup) -> None:
 
 def test_refusals(setup) -> None:
     model, lock, options, tmp = setup
-    backend = OciBackend(output=tmp / "out", cache_dir=tmp / "cache")
+
+    def backend_build(spec, lock, options):
+        return oci_build(plan_for(spec, lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
+
     old_lock = Lock(lock.path, "3.12", lock.platforms, "uv", "0" * 64, (), lock.digest)
     with pytest.raises(ConfigError, match=r"mlbuild.lock was locked for Python 3\.12 but the image has Python 3\.11"):
-        backend.build(load_spec(model), old_lock, options)
-    with pytest.raises(ConfigError, match="is locked for linux/amd64, not for all of linux/amd64, linux/arm64"):
-        OciBackend(output=tmp / "o2", platforms="linux/amd64,linux/arm64", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+        backend_build(load_spec(model), old_lock, options)
     (model / "mlbuild.toml").write_text('system_packages = ["libgomp1"]\n')
     with pytest.raises(BuildError, match=r"cannot install system packages \(libgomp1\)"):
-        backend.build(load_spec(model), lock, options)
+        backend_build(load_spec(model), lock, options)
     (model / "mlbuild.toml").unlink()
     (model / "Dockerfile.j2").write_text('{% extends "Dockerfile.j2" %}\n')
     with pytest.raises(BuildError, match="custom Dockerfile template needs the docker backend"):
-        backend.build(load_spec(model), lock, options)
+        backend_build(load_spec(model), lock, options)
     assert not (tmp / "out").exists()
 
 
@@ -200,8 +200,8 @@ def _files(members: dict) -> set[str]:
 def test_model_env_split_by_distribution(setup, monkeypatch) -> None:
     model, lock, options, tmp = setup
     env = _split_model_env(tmp / "split-env")
-    options = dataclasses.replace(options, envs=EnvDirs(options.envs.server_env, env, options.envs.server_lock_digest))
-    result = OciBackend(output=tmp / "out", cache_dir=tmp / "cache", dist_layer_min_bytes=2000).build(load_spec(model), lock, options)
+    options = {**options, "envs": Envs(options["envs"].server_env, env, options["envs"].server_lock_digest)}
+    result = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache", dist_layer_min_bytes=2000)
     out = tmp / "out"
     manifest = _manifest(out, result.digest)
     layers = manifest["layers"]
@@ -224,14 +224,14 @@ def test_model_env_split_by_distribution(setup, monkeypatch) -> None:
     assert created[1].endswith("(big-pkg 1.0)") and created[2].endswith("COPY model-env/ /opt/mlbuild/model-env/")
 
     # The same files as one layer: nothing lost or added by the split.
-    whole = OciBackend(output=tmp / "one", cache_dir=tmp / "cache", dist_layer_min_bytes=10**9).build(load_spec(model), lock, options)
+    whole = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "one", cache_dir=tmp / "cache", dist_layer_min_bytes=10**9)
     one_layers = _manifest(tmp / "one", whole.digest)["layers"]
     assert len(one_layers) == 2 + 5
     assert _files(_layer_members(tmp / "one", one_layers[4]["digest"])) == _files(alpha) | _files(big) | _files(rest)
 
 
 def test_distribution_layer_is_shared_between_envs_and_rebuilds_skip_the_walk(setup, monkeypatch) -> None:
-    import mlbuild._oci.backend as backend_mod
+    import mlbuild._backends.oci_layers as backend_mod
     import mlbuild._oci.cache as cache_mod
 
     model, lock, options, tmp = setup
@@ -244,18 +244,22 @@ def test_distribution_layer_is_shared_between_envs_and_rebuilds_skip_the_walk(se
         return real_write(entries, dest, **kw)
 
     monkeypatch.setattr(cache_mod, "write_layer", counting_write)
-    backend = OciBackend(output=tmp / "out", cache_dir=tmp / "cache", dist_layer_min_bytes=2000)
+
+    def backend_build(spec, lock, options):
+        return oci_build(plan_for(spec, lock, **options), output=tmp / "out", cache_dir=tmp / "cache",
+                         dist_layer_min_bytes=2000)
+
     first_env = _split_model_env(tmp / "env-a")
-    opts_a = dataclasses.replace(options, envs=EnvDirs(options.envs.server_env, first_env, options.envs.server_lock_digest))
-    a = backend.build(load_spec(model), lock, opts_a)
+    opts_a = {**options, "envs": Envs(options["envs"].server_env, first_env, options["envs"].server_lock_digest)}
+    a = backend_build(load_spec(model), lock, opts_a)
 
     # Another model: another lock, another env directory (other inodes and mtimes), same big_pkg
     # and alpha, another version of the small part.
     second_env = _split_model_env(tmp / "env-b", small_text=b"s = 2\n")
     other_lock = dataclasses.replace(lock, digest="sha256:" + "3" * 64)
-    opts_b = dataclasses.replace(options, envs=EnvDirs(options.envs.server_env, second_env, options.envs.server_lock_digest))
+    opts_b = {**options, "envs": Envs(options["envs"].server_env, second_env, options["envs"].server_lock_digest)}
     written.clear()
-    b = backend.build(load_spec(model), other_lock, opts_b)
+    b = backend_build(load_spec(model), other_lock, opts_b)
     la, lb = _manifest(tmp / "out", a.digest)["layers"], _manifest(tmp / "out", b.digest)["layers"]
     assert [l["digest"] for l in la[4:6]] == [l["digest"] for l in lb[4:6]]  # alpha, big_pkg: one blob each
     assert la[6]["digest"] != lb[6]["digest"]  # the rest differs (small.py)
@@ -266,17 +270,17 @@ def test_distribution_layer_is_shared_between_envs_and_rebuilds_skip_the_walk(se
     # Code-only rebuild: the env's layers come from the group cache, the env is not even walked.
     monkeypatch.setattr(backend_mod, "split_env", lambda *a, **k: pytest.fail("the env was split again"))
     (model / "predict.py").write_text((model / "predict.py").read_text() + "\n# changed\n")
-    c = backend.build(load_spec(model), other_lock, opts_b)
+    c = backend_build(load_spec(model), other_lock, opts_b)
     assert [l["digest"] for l in _manifest(tmp / "out", c.digest)["layers"][:-1]] == [l["digest"] for l in lb[:-1]]
 
 
 def test_layers_to_write_compress_largest_first(setup, monkeypatch) -> None:
-    import mlbuild._oci.backend as backend_mod
+    import mlbuild._backends.oci_layers as backend_mod
     import mlbuild._oci.cache as cache_mod
 
     model, lock, options, tmp = setup
     env = _split_model_env(tmp / "split-env")
-    options = dataclasses.replace(options, envs=EnvDirs(options.envs.server_env, env, options.envs.server_lock_digest))
+    options = {**options, "envs": Envs(options["envs"].server_env, env, options["envs"].server_lock_digest)}
     order: list[int] = []  # bytes of each env layer, in the order they were started
     real_write = cache_mod.write_layer
 
@@ -297,14 +301,14 @@ def test_layers_to_write_compress_largest_first(setup, monkeypatch) -> None:
 
     monkeypatch.setattr(backend_mod, "ThreadPoolExecutor", one_worker_pool)
     monkeypatch.setattr(backend_mod.os, "cpu_count", lambda: 3)
-    OciBackend(output=tmp / "out", cache_dir=tmp / "cache", dist_layer_min_bytes=2000).build(load_spec(model), lock, options)
+    oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache", dist_layer_min_bytes=2000)
     assert pools == [3]  # min(4 env layers to write, 3 CPUs)
     assert len(order) == 4 and order == sorted(order, reverse=True) and order[0] >= 5000  # big_pkg first
 
 
 def test_split_env_rules(tmp_path: Path) -> None:
+    from mlbuild._backends.oci_venv import split_env
     from mlbuild._oci.tarlayer import tree_entries
-    from mlbuild._oci.venv import split_env
 
     root = _split_model_env(tmp_path / "env")
     # numpy and a namespace sibling both claim one file: it belongs to neither big layer.
@@ -346,9 +350,9 @@ def test_file_rewritten_with_same_size_and_mtime_rebuilds_its_layer(setup) -> No
     model, lock, options, tmp = setup
     weights = model / "weights.bin"
     weights.write_bytes(b"\x01" * 4096)
-    first = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    first = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     _rewrite_keeping_size_and_mtime(weights, b"\x02" * 4096)  # new weights of the same shape
-    second = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    second = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     layers = _manifest(tmp / "out", second.digest)["layers"]
     assert second.digest != first.digest
     shipped = {m: data for m, (_, data) in
@@ -358,15 +362,15 @@ def test_file_rewritten_with_same_size_and_mtime_rebuilds_its_layer(setup) -> No
 
 def test_big_unrecorded_env_file_rewritten_in_place_rebuilds_its_layer(setup) -> None:
     model, lock, options, tmp = setup
-    big = options.envs.model_env / "lib/python3.11/site-packages/blob.bin"
+    big = options["envs"].model_env / "lib/python3.11/site-packages/blob.bin"
     size = (1 << 20) + 1  # above the hash-by-content limit: identified by stat
     big.write_bytes(b"\x01" * size)
-    first = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), lock, options)
+    first = oci_build(plan_for(load_spec(model), lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     _rewrite_keeping_size_and_mtime(big, b"\x02" * size)
     # Another lock (so not the whole-env group cache, which trusts a lock's env as written once):
     # the part's own key must see the new bytes.
     other_lock = dataclasses.replace(lock, digest="sha256:" + "3" * 64)
-    second = OciBackend(output=tmp / "out", cache_dir=tmp / "cache").build(load_spec(model), other_lock, options)
+    second = oci_build(plan_for(load_spec(model), other_lock, **options), output=tmp / "out", cache_dir=tmp / "cache")
     assert second.digest != first.digest
     layers = _manifest(tmp / "out", second.digest)["layers"]
     members = _layer_members(tmp / "out", layers[4]["digest"])

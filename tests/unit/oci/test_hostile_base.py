@@ -18,9 +18,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from mlbuild._backends import BuildOptions, EnvDirs
 from mlbuild._errors import BuildError
-from mlbuild._oci.backend import OciBackend
 from mlbuild._oci.base import BaseImage, open_base
 from mlbuild._oci.rootfs import SMALL_FILE_MAX, UNSAFE_BASE_ENV, rootfs_facts, scan_rootfs
 from mlbuild._platforms import parse_platform
@@ -34,6 +32,7 @@ from ocifixtures import (
     symlink_chain_layer,
     write_docker_archive,
 )
+from support.plans import Envs, oci_build, plan_for
 
 AMD64 = parse_platform("linux/amd64")
 REPO = Path(__file__).resolve().parents[3]
@@ -291,9 +290,9 @@ def test_backend_reports_base_warnings_through_progress(tmp_path: Path) -> None:
     layers = debian_like_layers() + [layer]
     archive = write_docker_archive(tmp_path / "base.tar", layers, config=image_config(layers))
     lines: list[str] = []
-    options = BuildOptions(tag="echo:1", envs=EnvDirs(envs[0], envs[1], "sha256:" + "2" * 64),
-                           base_image=f"docker-archive:{archive}", progress=lines.append)
-    OciBackend(output=tmp_path / "out", cache_dir=tmp_path / "cache").build(load_spec(model), lock, options)
+    plan = plan_for(load_spec(model), lock, tag="echo:1", envs=Envs(envs[0], envs[1], "sha256:" + "2" * 64),
+                    base_image=f"docker-archive:{archive}", progress=lines.append)
+    oci_build(plan, output=tmp_path / "out", cache_dir=tmp_path / "cache")
     assert f"warning: base layer {short(layer)}: entry 'tmp/mem' is a char device 1,1 outside /dev" in lines
 
 

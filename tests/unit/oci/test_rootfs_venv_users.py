@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mlbuild._backends.oci_users import user_entries
+from mlbuild._backends.oci_venv import is_venv_own, venv_entries
 from mlbuild._errors import BuildError, ConfigError
 from mlbuild._oci.base import open_base
 from mlbuild._oci.rootfs import RootfsFacts, rootfs_facts, scan_rootfs
-from mlbuild._oci.users import user_entries
-from mlbuild._oci.venv import is_venv_own, venv_entries
 from mlbuild._platforms import parse_platform
 from ocifixtures import GROUP, PASSWD, debian_like_layers, image_config, layer_tar, write_docker_archive
 

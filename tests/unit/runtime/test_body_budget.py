@@ -7,16 +7,15 @@ mlbuild_body_bytes_in_flight gauge returns to 0)."""
 from __future__ import annotations
 
 import json
+import select
 import socket
-import time
 
 import pytest
+from _server_process import MODELS, Reader, ServerProcess, read_response, status_mib, wait_until
 from mlbuild_runtime.server._budget import BodyBudget
-from test_http_limits import Reader, Server, read_response
 
 MIB = 1 << 20
 _REFUSALS = 'mlbuild_http_limit_rejections_total{limit="max_body_bytes_in_flight"}'
-SLACK = 10.0  # seconds any wait may take beyond what it should (shared machine)
 
 
 # -- the budget object ------------------------------------------------------------------------
@@ -51,36 +50,20 @@ def test_a_budget_needs_room():
 # -- the real server --------------------------------------------------------------------------
 
 
-def _metrics(srv: Server) -> str:
-    with srv.connect(timeout=10) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        return read_response(s)[2].decode()
+def serve(log_dir, **env: str) -> ServerProcess:
+    return ServerProcess(MODELS / "echo", log_dir, env=env, log_format="text")
 
 
-def _value(text: str, sample: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+def _in_flight(srv: ServerProcess) -> float | None:
+    return srv.sample("mlbuild_body_bytes_in_flight")
 
 
-def _in_flight(srv: Server) -> float | None:
-    return _value(_metrics(srv), "mlbuild_body_bytes_in_flight")
-
-
-def _wait_in_flight(srv: Server, expected: int) -> None:
-    deadline = time.monotonic() + SLACK
-    while (got := _in_flight(srv)) != expected:
-        assert time.monotonic() < deadline, f"mlbuild_body_bytes_in_flight is {got}, expected {expected}"
-        time.sleep(0.05)
+def _wait_in_flight(srv: ServerProcess, expected: int) -> None:
+    wait_until(lambda: _in_flight(srv) == expected, what=f"mlbuild_body_bytes_in_flight == {expected}")
 
 
 def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return status_mib(pid, "VmRSS")
 
 
 def _json_body(size: int) -> bytes:
@@ -93,17 +76,9 @@ def _head(length: int) -> bytes:
             b"Content-Length: %d\r\n\r\n" % length)  # fmt: skip
 
 
-def _answered(sock: socket.socket, wait: float) -> tuple[int, dict[str, str], bytes] | None:
-    """The answer already sent on ``sock``, or None if none comes within ``wait`` seconds."""
-    sock.settimeout(wait)
-    reader = Reader(sock)
-    try:
-        if not reader._fill():
-            return None
-    except TimeoutError:
-        return None
-    sock.settimeout(10)
-    return reader.response()
+def _answered(socks: list[socket.socket]) -> list[socket.socket]:
+    """The sockets with an answer waiting to be read (none is waited for)."""
+    return select.select(socks, [], [], 0)[0]
 
 
 def _send(sock: socket.socket, data: bytes) -> None:
@@ -113,59 +88,58 @@ def _send(sock: socket.socket, data: bytes) -> None:
         pass
 
 
-def test_uploads_past_the_budget_get_503_and_memory_stays_bounded():
+def test_uploads_past_the_budget_get_503_and_memory_stays_bounded(tmp_path):
     # 25 connections each start a body of 10 MiB - 1 (the default body limit) with a 32 MiB
     # budget: 3 fit; the other 22 get 503 at once, before their bodies are read. Without the
     # budget the server took ~250 MiB for this within a second.
     body_size = 10 * MIB - 1
     budget = 32 * MIB
-    srv = Server(MLBUILD_MAX_BODY_BYTES_IN_FLIGHT=str(budget), MLBUILD_BODY_TIMEOUT="120")
     socks: list[socket.socket] = []
-    try:
-        rss_before = _rss_mib(srv.proc.pid)
-        body = _json_body(body_size)
-        for _ in range(25):
-            s = srv.connect()
-            s.sendall(_head(body_size))
-            socks.append(s)
-        _wait_in_flight(srv, 3 * body_size)
-        # Each 503 is written before its refusal is counted: once the count is 22, every
-        # refused socket has its answer waiting.
-        deadline = time.monotonic() + SLACK
-        while (count := _value(_metrics(srv), _REFUSALS)) != 22:
-            assert time.monotonic() < deadline, f"{count} refused, expected 22"
-            time.sleep(0.05)
-        refused = [(s, a) for s in socks if (a := _answered(s, 0.5)) is not None]
-        accepted = [s for s in socks if all(s is not r for r, _ in refused)]
-        assert len(refused) == 22 and len(accepted) == 3
-        for _, (status, headers, answer) in refused:
-            assert status == 503
-            assert headers["retry-after"] == "1" and headers["connection"] == "close"
-            assert "MLBUILD_MAX_BODY_BYTES_IN_FLIGHT" in json.loads(answer)["error"]
-        for s in socks:  # every body but its last byte: the server holds what it accepted
-            _send(s, body[:-1])
-        rss_held = _rss_mib(srv.proc.pid)
-        # 3 bodies of 10 MiB held (plus a copy while the last read is joined), nowhere near 25
-        assert rss_held - rss_before < 3 * budget / MIB, (rss_before, rss_held)
-        for s in accepted:
-            s.sendall(body[-1:])
-        for s in accepted:
-            status, _, answer = Reader(s).response()
-            assert status == 200 and len(answer) >= body_size - 2
-        _wait_in_flight(srv, 0)  # every byte taken was given back
-        with srv.connect() as s:  # and a normal request is served
-            s.sendall(_head(8) + b'{"a": 1}')
-            assert read_response(s)[0] == 200
-        assert _value(_metrics(srv), _REFUSALS) == 22
-    finally:
-        for s in socks:
-            s.close()
-        srv.stop()
+    with serve(tmp_path, MLBUILD_MAX_BODY_BYTES_IN_FLIGHT=str(budget), MLBUILD_BODY_TIMEOUT="120") as srv:
+        try:
+            rss_before = _rss_mib(srv.proc.pid)
+            body = _json_body(body_size)
+            for _ in range(25):
+                s = srv.connect()
+                s.sendall(_head(body_size))
+                socks.append(s)
+            _wait_in_flight(srv, 3 * body_size)
+            # Each 503 is written before its refusal is counted: once the count is 22, every
+            # refused socket has its answer on the way; the 22 answers arrive, the 3 others
+            # (accepted) get theirs only once their bodies are complete, below.
+            wait_until(lambda: srv.sample(_REFUSALS) == 22, what="22 refusals counted")
+            wait_until(lambda: len(_answered(socks)) >= 22, what="22 answers arrived")
+            answered = _answered(socks)
+            refused = [(s, Reader(s).response()) for s in answered]
+            accepted = [s for s in socks if s not in answered]
+            assert len(refused) == 22 and len(accepted) == 3
+            for _, (status, headers, answer) in refused:
+                assert status == 503
+                assert headers["retry-after"] == "1" and headers["connection"] == "close"
+                assert "MLBUILD_MAX_BODY_BYTES_IN_FLIGHT" in json.loads(answer)["error"]
+            for s in socks:  # every body but its last byte: the server holds what it accepted
+                _send(s, body[:-1])
+            rss_held = _rss_mib(srv.proc.pid)
+            # 3 bodies of 10 MiB held (plus a copy while the last read is joined), nowhere near 25
+            assert rss_held - rss_before < 3 * budget / MIB, (rss_before, rss_held)
+            for s in accepted:
+                s.sendall(body[-1:])
+            for s in accepted:
+                status, _, answer = Reader(s).response()
+                assert status == 200 and len(answer) >= body_size - 2
+            _wait_in_flight(srv, 0)  # every byte taken was given back
+            with srv.connect() as s:  # and a normal request is served
+                s.sendall(_head(8) + b'{"a": 1}')
+                assert read_response(s)[0] == 200
+            assert srv.sample(_REFUSALS) == 22
+        finally:
+            for s in socks:
+                s.close()
 
 
-def test_a_chunked_body_is_counted_as_it_arrives_and_refused_when_the_budget_runs_out():
-    srv = Server(MLBUILD_MAX_BODY_SIZE="1MiB", MLBUILD_MAX_BODY_BYTES_IN_FLIGHT="1MiB", MLBUILD_BODY_TIMEOUT="120")
-    try:
+def test_a_chunked_body_is_counted_as_it_arrives_and_refused_when_the_budget_runs_out(tmp_path):
+    env = {"MLBUILD_MAX_BODY_SIZE": "1MiB", "MLBUILD_MAX_BODY_BYTES_IN_FLIGHT": "1MiB", "MLBUILD_BODY_TIMEOUT": "120"}
+    with serve(tmp_path, **env) as srv:
         body = _json_body(MIB)
         with srv.connect() as holder, srv.connect() as chunked:
             holder.sendall(_head(MIB) + body[: MIB // 2])  # takes the whole budget
@@ -182,13 +156,11 @@ def test_a_chunked_body_is_counted_as_it_arrives_and_refused_when_the_budget_run
                       b"Transfer-Encoding: chunked\r\n\r\n7\r\n{\"a\": 1\r\n1\r\n}\r\n0\r\n\r\n")  # fmt: skip
             status, _, answer = read_response(s)
             assert (status, json.loads(answer)) == (200, {"a": 1})
-    finally:
-        srv.stop()
 
 
-def test_a_client_that_leaves_mid_body_gives_its_share_back():
-    srv = Server(MLBUILD_MAX_BODY_SIZE="1MiB", MLBUILD_MAX_BODY_BYTES_IN_FLIGHT="2MiB", MLBUILD_BODY_TIMEOUT="120")
-    try:
+def test_a_client_that_leaves_mid_body_gives_its_share_back(tmp_path):
+    env = {"MLBUILD_MAX_BODY_SIZE": "1MiB", "MLBUILD_MAX_BODY_BYTES_IN_FLIGHT": "2MiB", "MLBUILD_BODY_TIMEOUT": "120"}
+    with serve(tmp_path, **env) as srv:
         with srv.connect() as s:
             s.sendall(_head(MIB) + b'{"x": "aaaa')
             _wait_in_flight(srv, MIB)
@@ -196,10 +168,5 @@ def test_a_client_that_leaves_mid_body_gives_its_share_back():
         with srv.connect() as s:
             s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                       b"Transfer-Encoding: chunked\r\n\r\n4\r\n[1, \r\n")  # fmt: skip
-            deadline = time.monotonic() + SLACK
-            while (got := _in_flight(srv)) == 0:  # counted as it arrives
-                assert time.monotonic() < deadline, got
-                time.sleep(0.05)
+            wait_until(lambda: _in_flight(srv) != 0, what="the chunk counted as it arrives")
         _wait_in_flight(srv, 0)
-    finally:
-        srv.stop()

@@ -7,36 +7,12 @@ worker. The app runs in-process over a fake pool."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import sys
 
 import httpx
 import pytest
-from mlbuild_runtime.server import Health, HealthReport, Settings, create_app
-from mlbuild_runtime.worker import protocol as P
-
-
-class EchoPool:
-    size = 1
-    hello = None
-
-    def __init__(self):
-        self.bodies: list[bytes] = []
-        self.restarts = collections.Counter()
-
-    async def start(self):
-        pass
-
-    async def stop(self, timeout):
-        pass
-
-    def health(self):
-        return HealthReport(Health.READY, None, 1, 1)
-
-    async def predict(self, body):
-        self.bodies.append(body)
-        return P.RESULT, body
+from _fakes import EchoPool, call
+from mlbuild_runtime.server import Settings, create_app
 
 
 @pytest.fixture
@@ -47,13 +23,8 @@ def app(tmp_path):
 
 
 def post(app, path: str, headers: dict[str, str]) -> httpx.Response:
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            # httpx adds no Content-Type for raw `content=` bytes: exactly the browser's case
-            return await client.post(path, content=b'{"a": 1}', headers={"x-request-id": "xs-1", **headers})
-
-    return asyncio.run(go())
+    # httpx adds no Content-Type for raw `content=` bytes: exactly the browser's case
+    return call(app, "POST", path, content=b'{"a": 1}', headers={"x-request-id": "xs-1", **headers})
 
 
 PATHS = ["/predict", "/invocations", "/v1/models/m:predict"]

@@ -7,21 +7,19 @@ tests use the app in-process over a fake pool, and one test runs the real server
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from mlbuild_runtime.server import Health, HealthReport, Settings, create_app
+from _fakes import EchoPool, call
+from _server_process import ServerProcess
+from mlbuild_runtime.server import Settings, create_app
 from mlbuild_runtime.worker import protocol as P
 from mlbuild_runtime.worker.jsonscan import deeper_than, may_overflow
 from mlbuild_runtime.worker.launch import worker_command, worker_env
@@ -221,37 +219,6 @@ def test_predict_raising_systemexit_or_keyboardinterrupt_is_500_and_the_worker_s
 
 # -- content types, in-process over a fake pool --------------------------------------------------
 
-class EchoPool:
-    size = 1
-    hello = None
-
-    def __init__(self):
-        self.bodies: list[bytes] = []
-        self.restarts = collections.Counter()
-
-    async def start(self):
-        pass
-
-    async def stop(self, timeout):
-        pass
-
-    def health(self):
-        return HealthReport(Health.READY, None, 1, 1)
-
-    async def predict(self, body):
-        self.bodies.append(body)
-        return P.RESULT, body
-
-
-def _call(app, method, path, **kw):
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.request(method, path, **kw)
-
-    return asyncio.run(go())
-
-
 @pytest.fixture
 def echo_app(tmp_path):
     pool = EchoPool()
@@ -268,7 +235,7 @@ PATHS = ["/predict", "/invocations", "/v1/models/m:predict"]
                                           "application/jsonx", "text/json", ""])  # fmt: skip
 def test_non_json_content_types_get_415(echo_app, path, content_type):
     app, pool = echo_app
-    response = _call(app, "POST", path, content=b'{"a": 1}',
+    response = call(app, "POST", path, content=b'{"a": 1}',
                      headers={"content-type": content_type, "x-request-id": "ct-1"})  # fmt: skip
     assert response.status_code == 415
     assert response.json() == {
@@ -285,51 +252,22 @@ def test_non_json_content_types_get_415(echo_app, path, content_type):
 def test_json_content_types_and_none_are_accepted(echo_app, path, content_type):
     app, pool = echo_app
     headers = {} if content_type is None else {"content-type": content_type}
-    response = _call(app, "POST", path, content=b'{"a": 1}', headers=headers)
+    response = call(app, "POST", path, content=b'{"a": 1}', headers=headers)
     assert response.status_code == 200 and response.content == b'{"a": 1}'
 
 
 def test_openapi_documents_415(echo_app):
     app, _ = echo_app
-    responses = _call(app, "GET", "/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+    responses = call(app, "GET", "/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
     assert "415" in responses
 
 
 # -- the real server over HTTP ---------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLBUILD_", "AIP_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlbuild_runtime", "--model-dir", str(FIXTURES / "echo"), "--host", "127.0.0.1",
-         "--port", str(port), "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.05)
-    yield url, tmp_path / "server.log"
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with ServerProcess(FIXTURES / "echo", tmp_path) as srv:
+        yield srv.url, srv.log_path
 
 
 def test_real_server_answers_hostile_bodies_without_losing_its_worker(server):

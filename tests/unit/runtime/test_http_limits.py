@@ -6,153 +6,75 @@ deadline; nothing sleeps for a fixed long time."""
 from __future__ import annotations
 
 import json
-import os
+import select
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from _server_process import (
+    MODELS,
+    Reader,
+    ServerProcess,
+    free_port,
+    predict_request,
+    read_response,
+    send_ignoring_reset,
+    wait_until,
+)
 from mlbuild_runtime.server._http_limits import _LINGER_SECONDS
 
-REPO = Path(__file__).resolve().parents[3]
-ECHO = REPO / "tests" / "fixtures" / "models" / "echo"
+ECHO = MODELS / "echo"
 
 # The module-scoped server's timeouts (seconds), and the slack every wall-clock bound gets on
 # top of what the server is configured to take: the machine is shared, a test must not fail
-# because the scheduler was slow, only because a limit did not act.
+# because the scheduler was slow, only because a limit did not act. A timeout that is the
+# behaviour under test is checked both ways: not before EARLIEST (the timer, not something
+# else, ended the connection) and not after LATEST.
 TIMEOUT = 1.0
 SLACK = 5.0
+EARLIEST = 0.8 * TIMEOUT
+LATEST = TIMEOUT + SLACK
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def serve(log_dir, model=ECHO, **env: str) -> ServerProcess:
+    """``with serve(tmp_path, MLBUILD_X=...) as srv:`` - a ready server, its log as text lines."""
+    return ServerProcess(model, log_dir, env=env, log_format="text")
 
 
-class Server:
-    def __init__(self, model: Path = ECHO, **env: str) -> None:
-        self.port = _free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("MLBUILD_")}
-        environ.update(env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlbuild_runtime", "--model-dir", str(model), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-format", "text"],
-            env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode()[-3000:]
-                raise AssertionError(f"server exited {self.proc.returncode}: {err}")
-            try:
-                with self.connect(timeout=2) as s:
-                    s.sendall(b"GET /health/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    if read_response(s)[0] == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("server never became ready")
-            time.sleep(0.1)
-
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        s.settimeout(timeout)
-        return s
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err.decode(errors="replace")
-
-
-class Reader:
-    """Reads HTTP/1.1 responses (content-length bodies) from one socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self.buf += data
-        return bool(data)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            if not self._fill():
-                raise EOFError(f"connection closed before a response; got {self.buf[:200]!r}")
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(self.buf) < length:
-            if not self._fill():
-                raise EOFError("connection closed inside a body")
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return status, headers, body
-
-    def closed(self) -> bool:
-        """True when the server closed the connection (EOF or reset) before the timeout."""
-        try:
-            while self._fill():
-                pass
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-        return True
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    return Reader(sock).response()
-
-
-def predict_request(body: bytes, extra: bytes = b"") -> bytes:
-    return (
-        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        + b"Content-Length: %d\r\n" % len(body) + extra + b"\r\n" + body
-    )
-
-
-def send_ignoring_reset(sock: socket.socket, data: bytes) -> None:
-    # The server answers once the limit is passed and may stop reading what follows.
-    try:
-        sock.sendall(data)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+def assert_timed_out(elapsed: float) -> None:
+    assert EARLIEST <= elapsed <= LATEST, f"closed after {elapsed:.2f} s; configured {TIMEOUT:g} s"
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = Server(
-        MLBUILD_HEADER_TIMEOUT=str(TIMEOUT), MLBUILD_BODY_TIMEOUT=str(TIMEOUT), MLBUILD_KEEPALIVE_TIMEOUT=str(TIMEOUT)
-    )
-    yield srv
-    srv.stop()
+def server(tmp_path_factory):
+    timeouts = {f"MLBUILD_{name}_TIMEOUT": str(TIMEOUT) for name in ("HEADER", "BODY", "KEEPALIVE")}
+    with ServerProcess(ECHO, tmp_path_factory.mktemp("limits"), env=timeouts, log_format="text") as srv:
+        yield srv
 
 
-def test_normal_requests_keep_alive_pipelined_and_a_1mib_body(server):
+def test_several_requests_on_one_kept_alive_connection(server):
     with server.connect() as s:
         reader = Reader(s)
-        for i in range(5):  # several requests on one connection
+        for i in range(5):
             s.sendall(predict_request(json.dumps({"i": i}).encode()))
             status, _, body = reader.response()
             assert (status, json.loads(body)) == (200, {"i": i})
-        # two pipelined requests in one write
+
+
+def test_two_pipelined_requests_in_one_write_are_both_answered_in_order(server):
+    with server.connect() as s:
+        reader = Reader(s)
         s.sendall(predict_request(b'{"p": 1}') + predict_request(b'{"p": 2}'))
         assert [json.loads(reader.response()[2]) for _ in range(2)] == [{"p": 1}, {"p": 2}]
-        big = json.dumps({"x": "a" * (1 << 20)}).encode()  # head + 1 MiB body in one sendall
+
+
+def test_a_head_and_a_1mib_body_in_one_write_are_served(server):
+    with server.connect() as s:
+        big = json.dumps({"x": "a" * (1 << 20)}).encode()
         s.sendall(predict_request(big))
-        status, _, body = reader.response()
+        status, _, body = Reader(s).response()
         assert status == 200 and json.loads(body) == json.loads(big)
 
 
@@ -224,48 +146,43 @@ def test_endless_chunk_trailers_get_431(server):
 
 
 def test_slow_headers_get_408_and_close_within_the_header_timeout(server):
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         start = time.monotonic()
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # then stall
         reader = Reader(s)
         status, headers, body = reader.response()
         assert status == 408 and headers["connection"] == "close"
         assert json.loads(body) == {"error": "request headers not received within 1 seconds (MLBUILD_HEADER_TIMEOUT)"}
-        assert TIMEOUT * 0.8 <= time.monotonic() - start <= TIMEOUT + SLACK
+        assert_timed_out(time.monotonic() - start)
         assert reader.closed()
 
 
 def test_trickled_headers_still_time_out(server):
     # The header timer counts from the first byte, not between bytes: a header line every
     # 0.3 s never lets the connection live past the timeout.
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         start = time.monotonic()
         s.sendall(b"POST /predict HTTP/1.1\r\n")
         reader = Reader(s)
-        s.setblocking(False)
         answered = None
         try:
             # Trickle until the 408 arrives (not until the server's lingering close ends with a
             # reset, which comes _LINGER_SECONDS later), or for far longer than the timeout.
-            while time.monotonic() - start < TIMEOUT + SLACK:
+            # Between lines, wait for the answer itself (up to 0.3 s), not for a fixed time.
+            while time.monotonic() - start < LATEST:
                 s.sendall(b"X: 1\r\n")
-                time.sleep(0.3)
-                try:
-                    if reader._fill() and b"\r\n\r\n" in reader.buf:
-                        answered = time.monotonic() - start
-                        break
-                except BlockingIOError:
-                    pass
+                if select.select([s], [], [], 0.3)[0] and reader.fill() and b"\r\n\r\n" in reader.buf:
+                    answered = time.monotonic() - start
+                    break
         except (BrokenPipeError, ConnectionResetError):  # the lingering close ended first
             answered = time.monotonic() - start - _LINGER_SECONDS
-        s.settimeout(TIMEOUT + SLACK)
         assert answered is not None, "still trickling headers after the header timeout"
         assert reader.response()[0] == 408
-        assert answered <= TIMEOUT + SLACK
+        assert answered <= LATEST
 
 
 def test_a_stalled_body_gets_408_and_close(server):
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         start = time.monotonic()
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
         s.sendall(b'{"a"')  # 4 of the 100 bytes, then stall
@@ -273,91 +190,90 @@ def test_a_stalled_body_gets_408_and_close(server):
         status, headers, body = reader.response()
         assert status == 408 and headers["connection"] == "close"
         assert json.loads(body) == {"error": "request body not received within 1 seconds (MLBUILD_BODY_TIMEOUT)"}
-        assert TIMEOUT * 0.8 <= time.monotonic() - start <= TIMEOUT + SLACK
+        assert_timed_out(time.monotonic() - start)
         assert reader.closed()
 
 
 def test_a_body_sent_in_parts_within_the_timeout_gets_200(server):
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         request = predict_request(b'{"a": 1}')
         s.sendall(request[:-4])
-        time.sleep(0.5)
+        # The pause between the parts is the client's slowness under test (half the body
+        # timeout): the server waits for the rest and answers nothing meanwhile.
+        assert select.select([s], [], [], TIMEOUT / 2)[0] == [], "answered before the body was complete"
         s.sendall(request[-4:])
         assert read_response(s)[0] == 200
 
 
-def test_a_prediction_longer_than_every_timeout_is_not_cut():
+def test_a_prediction_longer_than_every_timeout_is_not_cut(tmp_path):
     # Once the body is in, only predict_timeout applies: no header, body or idle timer runs
-    # while the model works.
-    srv = Server(REPO / "tests" / "fixtures" / "models" / "sleeps", MLBUILD_HEADER_TIMEOUT="0.5",
-                 MLBUILD_BODY_TIMEOUT="0.5", MLBUILD_KEEPALIVE_TIMEOUT="0.5")  # fmt: skip
-    try:
-        with srv.connect(timeout=10) as s:
-            reader = Reader(s)
-            s.sendall(predict_request(b"1.5"))
-            status, _, body = reader.response()
-            assert (status, json.loads(body)) == (200, 1.5)
-            s.sendall(predict_request(b"0"))  # and the connection is still usable
-            assert reader.response()[0] == 200
-    finally:
-        srv.stop()
+    # while the model works (it sleeps three times as long as each of them).
+    timeouts = {f"MLBUILD_{name}_TIMEOUT": "0.5" for name in ("HEADER", "BODY", "KEEPALIVE")}
+    with serve(tmp_path, MODELS / "sleeps", **timeouts) as srv, srv.connect(timeout=10) as s:
+        reader = Reader(s)
+        s.sendall(predict_request(b"1.5"))
+        status, _, body = reader.response()
+        assert (status, json.loads(body)) == (200, 1.5)
+        s.sendall(predict_request(b"0"))  # and the connection is still usable
+        assert reader.response()[0] == 200
 
 
-def test_idle_connections_are_closed_after_the_keepalive_timeout(server):
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+def test_an_idle_connection_is_closed_after_the_keepalive_timeout(server):
+    with server.connect(timeout=LATEST) as s:
         s.sendall(predict_request(b"{}"))
         reader = Reader(s)
         assert reader.response()[0] == 200
         idle_from = time.monotonic()
         assert reader.closed() and reader.buf == b""  # closed without another answer
-        assert TIMEOUT * 0.8 <= time.monotonic() - idle_from <= TIMEOUT + SLACK
-    with server.connect(timeout=TIMEOUT + SLACK) as s:  # a fresh connection that never sends anything
+        assert_timed_out(time.monotonic() - idle_from)
+
+
+def test_a_connection_that_never_sends_anything_is_closed(server):
+    with server.connect(timeout=LATEST) as s:
         start = time.monotonic()
         reader = Reader(s)
         assert reader.closed() and reader.buf == b""
-        assert time.monotonic() - start <= TIMEOUT + SLACK
+        assert time.monotonic() - start <= LATEST
 
 
-def test_past_max_connections_a_connection_gets_503_and_later_ones_work():
-    srv = Server(MLBUILD_MAX_CONNECTIONS="5")
-    held: list[socket.socket] = []
-    try:
-        for _ in range(5):
-            s = srv.connect()
-            s.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert read_response(s)[0] == 200  # accepted and kept alive
-            held.append(s)
-        with srv.connect() as sixth:
-            reader = Reader(sixth)
-            status, headers, body = reader.response()  # sent before the client says anything
-            assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
-            assert json.loads(body)["error"].endswith("(limit 5, MLBUILD_MAX_CONNECTIONS); retry")
-            assert reader.closed()
-        for s in held:
-            s.close()
-        held.clear()
-        deadline = time.monotonic() + 10
-        while True:  # the server sees the closes a moment later
-            with srv.connect() as s:
-                s.sendall(predict_request(b'{"ok": true}'))
-                try:
-                    status, _, body = read_response(s)
-                except (EOFError, ConnectionResetError):
-                    status = None
-                if status == 200:
-                    assert json.loads(body) == {"ok": True}
-                    break
-            assert time.monotonic() < deadline, f"still refused: {status}"
-            time.sleep(0.1)
-        with srv.connect() as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-            metrics = read_response(s)[2].decode()
+def _hold_connections(srv: ServerProcess, count: int) -> list[socket.socket]:
+    held = []
+    for _ in range(count):
+        s = srv.connect()
+        s.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(s)[0] == 200  # accepted and kept alive
+        held.append(s)
+    return held
+
+
+def _served(srv: ServerProcess) -> bool:
+    with srv.connect() as s:
+        s.sendall(predict_request(b'{"ok": true}'))
+        try:
+            status, _, body = read_response(s)
+        except (EOFError, ConnectionResetError):
+            return False
+        return status == 200 and json.loads(body) == {"ok": True}
+
+
+def test_past_max_connections_a_connection_gets_503_and_later_ones_work(tmp_path):
+    with serve(tmp_path, MLBUILD_MAX_CONNECTIONS="5") as srv:
+        held = _hold_connections(srv, 5)
+        try:
+            with srv.connect() as sixth:
+                reader = Reader(sixth)
+                status, headers, body = reader.response()  # sent before the client says anything
+                assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+                assert json.loads(body)["error"].endswith("(limit 5, MLBUILD_MAX_CONNECTIONS); retry")
+                assert reader.closed()
+        finally:
+            for s in held:
+                s.close()
+        wait_until(lambda: _served(srv), what="a request served once the held connections closed")
+        metrics = srv.metrics()
         assert 'mlbuild_http_limit_rejections_total{limit="max_connections"} 1.0' in metrics
         assert 'mlbuild_http_limit_rejections_total{limit="header_timeout"} 0.0' in metrics
-    finally:
-        for s in held:
-            s.close()
-        log = srv.stop()
+    log = srv.log()
     assert "request refused: too many open connections" in log and "limit=max_connections" in log
 
 
@@ -366,7 +282,7 @@ def test_without_httptools_the_server_refuses_to_start_rather_than_serve_unlimit
     script = (
         "import sys; sys.modules['httptools'] = None\n"
         "from mlbuild_runtime.server.cli import main\n"
-        f"sys.exit(main(['--model-dir', {str(ECHO)!r}, '--host', '127.0.0.1', '--port', '{_free_port()}']))\n"
+        f"sys.exit(main(['--model-dir', {str(ECHO)!r}, '--host', '127.0.0.1', '--port', '{free_port()}']))\n"
     )
     try:
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
@@ -404,12 +320,9 @@ def test_refusal_log_is_one_line_per_limit_per_second_with_the_count_between():
     assert records[-1].fields["suppressed"] == 499
 
 
-def _predict_count(server, status: int) -> float:
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        _, _, body = read_response(s)
+def _predict_count(server: ServerProcess, status: int) -> float:
     total = 0.0
-    for line in body.decode().splitlines():
+    for line in server.metrics().splitlines():
         if line.startswith("mlbuild_requests_total{") and 'route="/predict"' in line and f'status="{status}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -419,13 +332,11 @@ def test_a_body_cut_by_its_timeout_never_reaches_the_worker(server):
     # The client got its 408 from the protocol; the half body must not be sent to the worker
     # and counted as the client's bad JSON (422): it is counted as 499, "client closed request".
     before_422, before_499 = _predict_count(server, 422), _predict_count(server, 499)
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
         s.sendall(b'{"a"')
         assert Reader(s).response()[0] == 408
-    deadline = time.monotonic() + 5
-    while _predict_count(server, 499) == before_499 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: _predict_count(server, 499) != before_499, what="the cut request counted")
     assert _predict_count(server, 499) == before_499 + 1
     assert _predict_count(server, 422) == before_422
 
@@ -436,7 +347,7 @@ def test_a_body_cut_by_its_timeout_never_reaches_the_worker(server):
 def test_a_pipelined_partial_head_gets_408_within_the_header_timeout(server):
     # Request 1 complete and the start of request 2's head in one send, then a stall: request
     # 2's header timer runs (not just the idle timer, which would close without an answer).
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         start = time.monotonic()
         s.sendall(predict_request(b'{"p": 1}') + b"POST /predict HTTP/1.1\r\nHost: x\r\n")
         reader = Reader(s)
@@ -445,7 +356,7 @@ def test_a_pipelined_partial_head_gets_408_within_the_header_timeout(server):
         status, headers, body = reader.response()
         assert status == 408 and headers["connection"] == "close"
         assert b"MLBUILD_HEADER_TIMEOUT" in body
-        assert time.monotonic() - start <= TIMEOUT + SLACK
+        assert time.monotonic() - start <= LATEST
         assert reader.closed()
 
 
@@ -455,7 +366,7 @@ def test_a_pipelined_oversized_head_gets_431_after_the_first_answer(server, comp
     head = b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40_000
     if complete:
         head += b"\r\n\r\n"
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         send_ignoring_reset(s, predict_request(b'{"p": 1}') + head)
         reader = Reader(s)
         status, _, body = reader.response()
@@ -470,7 +381,7 @@ def test_pipelined_heads_within_the_limit_are_all_served(server):
     # Each head ~20 KiB: together over the limit in one read, each one within it.
     pad = b"X-Pad: " + b"p" * 20_000 + b"\r\n"
     one = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n" + pad
-    with server.connect(timeout=TIMEOUT + SLACK) as s:
+    with server.connect(timeout=LATEST) as s:
         s.sendall(b"".join(one + b"Content-Length: 8\r\n\r\n" + b'{"i": %d}' % i for i in range(3)))
         reader = Reader(s)
         assert [json.loads(reader.response()[2]) for _ in range(3)] == [{"i": 0}, {"i": 1}, {"i": 2}]
@@ -479,17 +390,11 @@ def test_pipelined_heads_within_the_limit_are_all_served(server):
 # -- send timeout: a client that never reads its answer ---------------------------------------
 
 
-def _metric(srv: Server, name: str, label: str) -> float:
-    with srv.connect(timeout=10) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        text = read_response(s)[2].decode()
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{label}}} "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def _send_timeout_cuts(srv: ServerProcess) -> float:
+    return srv.sample('mlbuild_http_limit_rejections_total{limit="send_timeout"}') or 0.0
 
 
-def _small_window_socket(srv: Server, rcvbuf: int = 4096) -> socket.socket:
+def _small_window_socket(srv: ServerProcess, rcvbuf: int = 4096) -> socket.socket:
     s = socket.socket()
     # before connect, so the advertised window stays small: the answer piles up in the server
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -499,56 +404,54 @@ def _small_window_socket(srv: Server, rcvbuf: int = 4096) -> socket.socket:
 
 
 SEND_TIMEOUT = 1.0
+BIG_BODY = json.dumps({"x": "a" * (6 << 20)}).encode()  # echoed: a 6 MiB answer
 
 
-def test_a_client_that_never_reads_its_answer_is_cut_after_the_send_timeout():
+def test_a_client_that_never_reads_its_answer_is_cut_after_the_send_timeout(tmp_path):
     # Each answer (6 MiB, the echo of the body) sits in the server's write buffer while the
     # client does not read; past MLBUILD_SEND_TIMEOUT without progress the connection is cut,
     # freeing the answer and the connection slot. Every other timeout is far longer here, so
     # only the send timeout can be what closes them.
-    srv = Server(MLBUILD_SEND_TIMEOUT=str(SEND_TIMEOUT), MLBUILD_KEEPALIVE_TIMEOUT="600",
-                 MLBUILD_HEADER_TIMEOUT="600", MLBUILD_BODY_TIMEOUT="600")  # fmt: skip
-    body = json.dumps({"x": "a" * (6 << 20)}).encode()
+    env = {"MLBUILD_SEND_TIMEOUT": str(SEND_TIMEOUT), "MLBUILD_KEEPALIVE_TIMEOUT": "600",
+           "MLBUILD_HEADER_TIMEOUT": "600", "MLBUILD_BODY_TIMEOUT": "600"}  # fmt: skip
     socks = []
-    try:
-        for _ in range(4):
-            s = _small_window_socket(srv)
-            s.sendall(predict_request(body))
-            socks.append(s)
-        # The check runs every SEND_TIMEOUT: a stalled write is cut within 2 x SEND_TIMEOUT.
-        deadline = time.monotonic() + 2 * SEND_TIMEOUT + SLACK
-        while _metric(srv, "mlbuild_http_limit_rejections_total", 'limit="send_timeout"') < 4:
-            assert time.monotonic() < deadline, "connections not reading their answers were not cut"
-            time.sleep(0.2)
-        for s in socks:  # what the kernel already holds may be read; then the connection ends
-            got = 0
-            s.settimeout(SLACK)
-            try:
-                while chunk := s.recv(1 << 20):
-                    got += len(chunk)
-            except ConnectionResetError:
-                pass
-            assert got < len(body)  # cut, not answered in full
-        assert _metric(srv, "mlbuild_http_limit_rejections_total", 'limit="send_timeout"') == 4
-    finally:
-        for s in socks:
-            s.close()
-        log = srv.stop()
-    assert "request refused: response not read by the client for 1 seconds (MLBUILD_SEND_TIMEOUT)" in log
+    with serve(tmp_path, **env) as srv:
+        try:
+            for _ in range(4):
+                s = _small_window_socket(srv)
+                s.sendall(predict_request(BIG_BODY))
+                socks.append(s)
+            # The check runs every SEND_TIMEOUT: a stalled write is cut within 2 x SEND_TIMEOUT.
+            wait_until(lambda: _send_timeout_cuts(srv) >= 4, timeout=2 * SEND_TIMEOUT + SLACK,
+                       what="connections not reading their answers cut")  # fmt: skip
+            for s in socks:  # what the kernel already holds may be read; then the connection ends
+                got = 0
+                s.settimeout(SLACK)
+                try:
+                    while chunk := s.recv(1 << 20):
+                        got += len(chunk)
+                except ConnectionResetError:
+                    pass
+                assert got < len(BIG_BODY)  # cut, not answered in full
+            assert _send_timeout_cuts(srv) == 4
+        finally:
+            for s in socks:
+                s.close()
+    assert "request refused: response not read by the client for 1 seconds (MLBUILD_SEND_TIMEOUT)" in srv.log()
 
 
-def test_a_slow_but_steady_reader_gets_its_whole_answer():
+def test_a_slow_but_steady_reader_gets_its_whole_answer(tmp_path):
     # Progress, not total time, is what the send timeout limits: an answer that takes longer
-    # than the timeout to read is not cut while the client keeps reading.
-    srv = Server(MLBUILD_SEND_TIMEOUT=str(SEND_TIMEOUT))
-    body = json.dumps({"x": "a" * (6 << 20)}).encode()
-    try:
+    # than the timeout to read is not cut while the client keeps reading. The client reads at
+    # a pace that spreads the answer over twice the timeout, in small steps.
+    reading_time = 2 * SEND_TIMEOUT
+    with serve(tmp_path, MLBUILD_SEND_TIMEOUT=str(SEND_TIMEOUT)) as srv:
         with _small_window_socket(srv, 64 << 10) as s:
-            s.sendall(predict_request(body))
+            s.sendall(predict_request(BIG_BODY))
             reader = Reader(s)
-            start = time.monotonic()
             while b"\r\n\r\n" not in reader.buf:
-                reader._fill()
+                reader.fill()
+            start = time.monotonic()
             head, _, _ = reader.buf.partition(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
             total = len(head) + 4 + length
@@ -556,9 +459,9 @@ def test_a_slow_but_steady_reader_gets_its_whole_answer():
                 data = s.recv(256 << 10)
                 assert data, f"cut after {len(reader.buf)} of {total} bytes"
                 reader.buf += data
-                time.sleep(0.06)
+                # no faster than `total` bytes per `reading_time`: pause until this share is due
+                due = start + reading_time * len(reader.buf) / total
+                time.sleep(max(0.0, due - time.monotonic()))
             assert time.monotonic() - start > SEND_TIMEOUT  # the read really was slower than the timeout
             assert reader.response()[0] == 200 and reader.buf == b""
-        assert _metric(srv, "mlbuild_http_limit_rejections_total", 'limit="send_timeout"') == 0
-    finally:
-        srv.stop()
+        assert _send_timeout_cuts(srv) == 0

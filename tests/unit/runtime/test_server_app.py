@@ -3,14 +3,13 @@ health, metadata, OpenAPI and metrics, through httpx's in-process ASGI transport
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging
 import sys
 
-import httpx
 import pytest
+from _fakes import call
 from mlbuild_runtime.server import Health, HealthReport, Settings, create_app
 from mlbuild_runtime.server._errors import NoWorkerReady, PredictTimeout, WorkerDied
 from mlbuild_runtime.worker import protocol
@@ -68,15 +67,6 @@ def _settings(tmp_path, **kw):
                     lock_digest="sha256:" + "a" * 64, **kw)  # fmt: skip
 
 
-def _call(app, method, path, **kw):
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.request(method, path, **kw)
-
-    return asyncio.run(go())
-
-
 @pytest.fixture
 def app(tmp_path):
     return create_app(_settings(tmp_path, max_body_size=100), FakePool())
@@ -84,12 +74,12 @@ def app(tmp_path):
 
 def test_predict_passes_bytes_through_untouched(app):
     body = b'{"a":  1, "b": [1,2]}'  # odd spacing: proves the server does not re-serialize
-    response = _call(app, "POST", "/predict", content=body)
+    response = call(app, "POST", "/predict", content=body)
     assert response.status_code == 200
     assert response.content == body
     assert response.headers["content-type"] == "application/json"
     first = response.headers["x-request-id"]
-    second = _call(app, "POST", "/predict", content=body).headers["x-request-id"]
+    second = call(app, "POST", "/predict", content=body).headers["x-request-id"]
     # generated ids: a per-process random prefix and a counter - unique, printable, short
     assert first != second and first.split("-")[0] == second.split("-")[0]
     assert len(first.split("-")[0]) == 16
@@ -97,31 +87,31 @@ def test_predict_passes_bytes_through_untouched(app):
 
 
 def test_request_id_is_echoed(app):
-    response = _call(app, "POST", "/predict", content=b"1", headers={"X-Request-ID": "abc-123"})
+    response = call(app, "POST", "/predict", content=b"1", headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
-    bad = _call(app, "POST", "/predict", content=b"1", headers={"X-Request-ID": "a b\tc"})
+    bad = call(app, "POST", "/predict", content=b"1", headers={"X-Request-ID": "a b\tc"})
     assert bad.headers["x-request-id"] != "a b\tc"
 
 
 @pytest.mark.parametrize("path", ["/predict", "/invocations"])
 def test_worker_errors_map_to_statuses(app, path):
-    invalid = _call(app, "POST", path, content=b"422")
+    invalid = call(app, "POST", path, content=b"422")
     assert invalid.status_code == 422
     assert invalid.json()["detail"][0]["loc"] == ["x"]
-    failed = _call(app, "POST", path, content=b"500", headers={"X-Request-ID": "r1"})
+    failed = call(app, "POST", path, content=b"500", headers={"X-Request-ID": "r1"})
     assert failed.status_code == 500
     assert failed.json() == {"error": "prediction failed", "error_type": "ZeroDivisionError", "request_id": "r1"}
     assert "secret" not in failed.text
-    assert _call(app, "POST", path, content=b"died").status_code == 503
-    assert _call(app, "POST", path, content=b"none").status_code == 503
-    timed_out = _call(app, "POST", path, content=b"slow")
+    assert call(app, "POST", path, content=b"died").status_code == 503
+    assert call(app, "POST", path, content=b"none").status_code == 503
+    timed_out = call(app, "POST", path, content=b"slow")
     assert timed_out.status_code == 504
     assert timed_out.json()["error"] == "prediction timed out"
 
 
 def test_body_limit_by_content_length_and_by_counting(app):
-    assert _call(app, "POST", "/predict", content=b"x" * 100).status_code == 200
-    too_big = _call(app, "POST", "/predict", content=b"x" * 101)
+    assert call(app, "POST", "/predict", content=b"x" * 100).status_code == 200
+    too_big = call(app, "POST", "/predict", content=b"x" * 101)
     assert too_big.status_code == 413
     assert too_big.json()["max_body_size"] == 100
     assert too_big.headers["connection"] == "close"
@@ -133,7 +123,7 @@ def test_body_limit_by_content_length_and_by_counting(app):
             sent.append(1)
             yield b"y" * 30
 
-    assert _call(app, "POST", "/predict", content=chunks()).status_code == 413
+    assert call(app, "POST", "/predict", content=chunks()).status_code == 413
     assert app.state.pool.bodies == [b"x" * 100]  # nothing too big reached the pool
 
 
@@ -142,33 +132,33 @@ def test_chunked_body_under_the_limit_is_joined(app):
         for part in (b'{"a":', b" 1", b"}"):
             yield part
 
-    response = _call(app, "POST", "/predict", content=chunks())
+    response = call(app, "POST", "/predict", content=chunks())
     assert response.status_code == 200 and response.content == b'{"a": 1}'
 
 
 def test_readiness_follows_the_pool(tmp_path):
     pool = FakePool(status=Health.FAILED, reason="load() raised ValueError: no weights")
     app = create_app(_settings(tmp_path), pool)
-    assert _call(app, "GET", "/health/live").status_code == 200
+    assert call(app, "GET", "/health/live").status_code == 200
     for path in ("/health/ready", "/ping"):
-        response = _call(app, "GET", path)
+        response = call(app, "GET", path)
         assert response.status_code == 503
         assert response.json()["status"] == "failed"
         assert response.json()["reason"] == "load() raised ValueError: no weights"
     pool.status, pool.reason = Health.READY, None
-    assert _call(app, "GET", "/health/ready").json()["status"] == "ready"
-    assert _call(app, "GET", "/ping").status_code == 200
+    assert call(app, "GET", "/health/ready").json()["status"] == "ready"
+    assert call(app, "GET", "/ping").status_code == 200
 
 
 def test_vertex_routes(tmp_path):
     settings = _settings(tmp_path, predict_route="/v1/models/m:predict", health_route="/v1/models/m")
     app = create_app(settings, FakePool())
-    assert _call(app, "POST", "/v1/models/m:predict", content=b"[1]").content == b"[1]"
-    assert _call(app, "GET", "/v1/models/m").status_code == 200
+    assert call(app, "POST", "/v1/models/m:predict", content=b"[1]").content == b"[1]"
+    assert call(app, "GET", "/v1/models/m").status_code == 200
 
 
 def test_metadata(app):
-    data = _call(app, "GET", "/metadata").json()
+    data = call(app, "GET", "/metadata").json()
     assert data["name"] == "m" and data["version"] == "1.2"
     assert data["python"] == "3.10.14"
     assert data["entrypoint"] == "predict:Model"
@@ -178,7 +168,7 @@ def test_metadata(app):
 
 
 def test_openapi_carries_the_model_schema_with_refs_resolvable(app):
-    spec = _call(app, "GET", "/openapi.json").json()
+    spec = call(app, "GET", "/openapi.json").json()
     op = spec["paths"]["/predict"]["post"]
     assert op["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictInput"}
     schemas = spec["components"]["schemas"]
@@ -186,21 +176,21 @@ def test_openapi_carries_the_model_schema_with_refs_resolvable(app):
     assert schemas["Point"]["properties"]["x"] == {"type": "number"}
     assert schemas["PredictOutput"] == {"type": "number"}
     assert "/invocations" not in spec["paths"]
-    assert _call(app, "GET", "/docs").status_code == 200
+    assert call(app, "GET", "/docs").status_code == 200
 
 
 def test_openapi_before_hello_is_not_cached(tmp_path):
     pool = FakePool(hello=None)
     app = create_app(_settings(tmp_path), pool)
-    assert "PredictInput" not in json.dumps(_call(app, "GET", "/openapi.json").json())
+    assert "PredictInput" not in json.dumps(call(app, "GET", "/openapi.json").json())
     pool.hello = HELLO
-    assert "PredictInput" in _call(app, "GET", "/openapi.json").json()["components"]["schemas"]
+    assert "PredictInput" in call(app, "GET", "/openapi.json").json()["components"]["schemas"]
 
 
 def test_metrics_count_requests_by_route_and_status(app):
     for body in (b"1", b"2", b"500"):
-        _call(app, "POST", "/predict", content=body)
-    text = _call(app, "GET", "/metrics").text
+        call(app, "POST", "/predict", content=body)
+    text = call(app, "GET", "/metrics").text
     assert 'mlbuild_requests_total{route="/predict",status="200"} 2.0' in text
     assert 'mlbuild_requests_total{route="/predict",status="500"} 1.0' in text
     assert 'mlbuild_request_duration_seconds_count{route="/predict"} 3.0' in text
@@ -216,8 +206,8 @@ def test_router_route_answers_like_the_fast_path(app, tmp_path):
     (observe,) = [m for m in routed_app.user_middleware if m.cls.__name__ == "ObserveMiddleware"]
     observe.kwargs["fast_post"] = {}  # before the first call builds the middleware stack
     for body, status in ((b"[1]", 200), (b"422", 422), (b"500", 500), (b"died", 503), (b"x" * 101, 413)):
-        fast = _call(app, "POST", "/predict", content=body)
-        routed = _call(routed_app, "POST", "/predict", content=body, headers={"X-Request-ID": "r"})
+        fast = call(app, "POST", "/predict", content=body)
+        routed = call(routed_app, "POST", "/predict", content=body, headers={"X-Request-ID": "r"})
         assert fast.status_code == routed.status_code == status
         assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
         if status != 200:
@@ -233,8 +223,8 @@ def test_access_log_policy(tmp_path, caplog, access_log, logged_statuses):
     """Default "errors": a line per answer >= 400 only; "all": every request; "off": none."""
     app = create_app(_settings(tmp_path, access_log=access_log), FakePool())
     with caplog.at_level(logging.INFO, logger="mlbuild.access"):
-        assert _call(app, "POST", "/predict", content=b"1").status_code == 200
-        assert _call(app, "POST", "/predict", content=b"422").status_code == 422
-        assert _call(app, "GET", "/health/live").status_code == 200
+        assert call(app, "POST", "/predict", content=b"1").status_code == 200
+        assert call(app, "POST", "/predict", content=b"422").status_code == 422
+        assert call(app, "GET", "/health/live").status_code == 200
     access = [r for r in caplog.records if r.name == "mlbuild.access"]
     assert [r.fields["status"] for r in access] == logged_statuses

@@ -7,14 +7,11 @@ the user appended, so the result is the same bytes every time.
 from __future__ import annotations
 
 from .._errors import BuildError
-from .._templates import IMAGE_PATHS
-from .rootfs import RootfsFacts
-from .tarlayer import Entry, bytes_entry
+from .._imagefacts import UID, USER_NAME, passwd_line
+from .._oci.rootfs import RootfsFacts
+from .._oci.tarlayer import Entry, bytes_entry
 
-__all__ = ["USER_NAME", "USER_ID", "user_entries"]
-
-USER_NAME = "mlbuild"
-USER_ID = 10001
+__all__ = ["user_entries"]
 
 
 def _with_line(content: bytes, name: str, uid: int, line: str, what: str) -> bytes:
@@ -32,10 +29,9 @@ def _with_line(content: bytes, name: str, uid: int, line: str, what: str) -> byt
     return content + line.encode() + b"\n"
 
 
-def user_entries(facts: RootfsFacts, *, name: str = USER_NAME, uid: int = USER_ID) -> list[Entry]:
-    # The same line the docker backend's Dockerfile appends (home = the model dir, no login
-    # shell), so both backends give the same user; HOME=/tmp comes from the image env.
-    line = f"{name}:x:{uid}:{uid}:{name}:{IMAGE_PATHS['model_dir_path']}:/usr/sbin/nologin"
+def user_entries(facts: RootfsFacts) -> list[Entry]:
+    # The same line the docker backend's Dockerfile appends, so both backends give the same user.
+    name, uid, line = USER_NAME, UID, passwd_line()
     passwd = _with_line(facts.passwd, name, uid, line, "/etc/passwd")
     group = _with_line(facts.group, name, uid, f"{name}:x:{uid}:", "/etc/group")
     return [bytes_entry("/etc/passwd", passwd), bytes_entry("/etc/group", group)]

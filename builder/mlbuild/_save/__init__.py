@@ -9,7 +9,7 @@ What it writes (the usual model directory contract, nothing special downstream):
       artifacts/model.pkl      the object, cloudpickled; __main__ and the user's own modules by value
       artifacts/payload.json   what the payload needs at load: python, cloudpickle, sha256
 
-Requirements: inferred ones come from what the pickle references (see _infer_requirements).
+Requirements: inferred ones come from what the pickle references (see _save/_requirements.py).
 An explicit ``requirements=`` list EXTENDS them; an explicit line that names a distribution we
 inferred REPLACES that inferred pin (so ``requirements=["scikit-learn>=1.5"]`` loosens it).
 
@@ -19,7 +19,6 @@ into place; a non-empty existing target is refused unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -36,18 +35,18 @@ import cloudpickle
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from . import __version__
-from ._infer_requirements import analyse_and_pickle
-from ._save_errors import SaveError
-from ._save_predict import Entry, describe_entry, render_predict
-from ._save_unpicklable import find_unpicklable
-from ._values import NAME_RE, sanitize_name  # one naming rule for saved and hand-written models
+from .._errors import SaveError
+from .._values import NAME_RE, sanitize_name  # one naming rule for saved and hand-written models
+from .._version import __version__
+from ._predict import Entry, describe_entry, render_predict
+from ._requirements import analyse_and_pickle
+from ._unpicklable import find_unpicklable
 
 __all__ = [
     "SaveError",
     "SavedModel",
     "save",
-    "save_and_build",
+    "check_python_arg",
     "check_payload_python",
     "read_payload_info",
     "PAYLOAD_NAME",
@@ -100,7 +99,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
         )
 
 
-def _check_python_arg(python: str | None) -> str:
+def check_python_arg(python: str | None) -> str:
     running = _running_python()
     if python is None:
         return running
@@ -233,7 +232,7 @@ def save(
     kebab-case. Raises SaveError, with nothing written, when anything is wrong.
     """
     target = Path(path).absolute()
-    target_python = _check_python_arg(python)
+    target_python = check_python_arg(python)
     if name is None:
         name = _default_name(obj)
     elif not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -329,37 +328,3 @@ def check_payload_python(model_dir: str | os.PathLike[str], target_python: str) 
             hint=f"set python = \"{saved}\" in mlbuild.toml, or save the model again from a "
             f"Python {target_python} session",
         )
-
-
-def save_and_build(
-    obj: object,
-    *,
-    tag: str | None,
-    workdir: str | os.PathLike[str] | None = None,
-    requirements: Sequence[str] | None = None,
-    python: str | None = None,
-    name: str | None = None,
-    **build_kwargs: Any,
-):
-    """save() then mlbuild.build_image() on the saved directory; returns its ImageResult.
-
-    ``workdir``: where the model directory goes and stays (an earlier save there is replaced;
-    any other non-empty directory is refused); default a temporary directory removed after
-    the build. A ``python`` build target other than the running minor version is refused
-    before anything is written. The remaining keyword arguments go to build_image unchanged.
-    """
-    from ._api import build_image  # imported late: building pulls in the backends
-
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlbuild-save-")))
-            model_dir = base / "model"
-        else:
-            model_dir = Path(workdir)
-        if "python" in build_kwargs:  # a target given to the build: refuse a mismatch up front
-            check = _check_python_arg(build_kwargs["python"])
-            python = python or check
-        # Replace a directory only when it holds an earlier save, never an unrelated one.
-        replace = model_dir.is_dir() and read_payload_info(model_dir) is not None
-        saved = save(obj, model_dir, requirements=requirements, python=python, name=name, overwrite=replace)
-        return build_image(saved.path, tag=tag, **build_kwargs)

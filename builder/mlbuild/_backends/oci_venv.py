@@ -28,8 +28,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from .rootfs import RootfsFacts
-from .tarlayer import Entry, bytes_entry, dir_entry, symlink_entry
+from .._oci.rootfs import RootfsFacts
+from .._oci.tarlayer import Entry, bytes_entry, dir_entry, symlink_entry
 
 __all__ = ["venv_entries", "VENV_OWN_PATHS", "DIST_LAYER_MIN_BYTES", "MAX_DIST_LAYERS", "EnvPart", "split_env"]
 

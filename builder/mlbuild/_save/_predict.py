@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import jinja2
 
-from ._save_errors import SaveError
-from ._templates import templates_dir  # the one lookup: templates/ in a checkout, in the wheel
+from .._errors import SaveError
+from .._resources import templates_dir  # the one lookup: templates/ in a checkout, in the wheel
 
 __all__ = ["Entry", "describe_entry", "render_annotation", "render_predict"]
 
