@@ -77,13 +77,15 @@ _MIN_LINE_OVERHEAD = 2
 
 @dataclass(frozen=True)
 class HttpLimits:
-    max_header_size: int = 32 << 10
-    max_header_count: int = 100
-    header_timeout: float = 60.0
-    body_timeout: float = 60.0
-    keepalive_timeout: float = 75.0
-    max_connections: int = 512
-    send_timeout: float = 60.0
+    """The protocol's share of the Settings (their defaults and docs live there, once)."""
+
+    max_header_size: int
+    max_header_count: int
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    max_connections: int
+    send_timeout: float
 
     @classmethod
     def from_settings(cls, settings) -> HttpLimits:
