@@ -46,7 +46,7 @@ the limits must act before and inside the parser.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ._refusals import LIMIT_NAMES, RefusalLog, refusal_answers
 
@@ -89,15 +89,8 @@ class HttpLimits:
 
     @classmethod
     def from_settings(cls, settings) -> HttpLimits:
-        return cls(
-            max_header_size=settings.max_header_size,
-            max_header_count=settings.max_header_count,
-            header_timeout=settings.header_timeout,
-            body_timeout=settings.body_timeout,
-            keepalive_timeout=settings.keepalive_timeout,
-            max_connections=settings.max_connections,
-            send_timeout=settings.send_timeout,
-        )
+        # Same field names as the Settings: nothing to keep in step by hand.
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def _first_head_end(data: bytes, start: int) -> int:

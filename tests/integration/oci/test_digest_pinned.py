@@ -36,11 +36,11 @@ PINNED_LAYERS = {
     "COPY model-env/ /opt/mlbuild/model-env/ (scikit-learn 1.9.1)": "sha256:423a2932250c55e42433bb73898b248a7b252634a3946edc21aa0a03c215e3c1",
     "COPY model-env/ /opt/mlbuild/model-env/ (scipy 1.17.1)": "sha256:98b96b001b6a273f1a288a4e3c87864384f39e56f7f62a3bb34357dcc0d3d492",
     "COPY model-env/ /opt/mlbuild/model-env/": "sha256:1955dde6d89c6cf33004b6492d43d1daaaaada6ba3d8261d50d2ebcf92975e11",
-    "COPY runtime/ /opt/mlbuild/runtime/": "sha256:9d4e85986cf7ddf511897978986b5de8a4b3ddabe47d29965c4ada2c35fe468e",
+    "COPY runtime/ /opt/mlbuild/runtime/": "sha256:294d6da5b5e1e2072004d9de26bc4f7147ac693347e796b8f4aa5c5b051a83f2",
     "COPY model/artifacts/ /opt/mlbuild/model/": "sha256:e14b44dd5481f3335096d7c5ab426c1318606312480112b125509ef2fa72e82d",
     "COPY model/code/ /opt/mlbuild/model/": "sha256:b16ef7931b3ec9b88102cdeb1c8d66ef2f5bea67fc4115ff449f1090af576b8e",
 }
-PINNED_DIGEST = "sha256:42cc834067417180fda5cb2847d00686662682fd4d432d43fec864f1df73c8f8"
+PINNED_DIGEST = "sha256:bacd7dc123b5a51bf7d9e4cbe138da3d5146f84014e91fd659fa9efebcff2a65"
 
 _BUILD = textwrap.dedent(
     """
